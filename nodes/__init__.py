@@ -1,0 +1,1 @@
+"""ComfyUI node classes (V3 schema). Thin: they translate between ComfyUI types and the library."""

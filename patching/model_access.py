@@ -1,0 +1,58 @@
+"""Reading a ComfyUI MODEL (a ``ModelPatcher``) safely: originals, sites, layers, fingerprint.
+
+While another clone's object patches sit in the shared model, the module tree may hold
+that clone's wrappers; every read here goes through ``get_model_object`` so that a clone
+only ever sees its own patches or the originals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..adapter_core.base_fingerprint import base_fingerprint
+from ..adapter_core.oft_set import LayerShape, find_oft_targets
+from ..adapter_core.sites import TapSite, find_tap_sites
+
+DIFFUSION_PREFIX = "diffusion_model."
+
+
+def model_object(model: Any, path: str) -> nn.Module:
+    """The object at ``path`` inside ``diffusion_model`` as this clone sees it."""
+    return model.get_model_object(DIFFUSION_PREFIX + path)
+
+
+def diffusion_model(model: Any) -> nn.Module:
+    """The UNet (``diffusion_model``) of a MODEL, or a clear error for other architectures."""
+    inner = getattr(model, "model", None)
+    unet = getattr(inner, "diffusion_model", None)
+    if unet is None or not hasattr(unet, "input_blocks"):
+        name = type(unet).__name__ if unet is not None else type(inner).__name__
+        raise TypeError(f"this MODEL ({name}) is not a UNet; TapTune supports SD 1.x, SD 2.x and SDXL UNets")
+    return unet
+
+
+def model_sites(model: Any) -> list[TapSite]:
+    """Every block of the MODEL that can carry a tap adapter."""
+    return find_tap_sites(diffusion_model(model), resolve=lambda p: model_object(model, p))
+
+
+def model_linear_layers(model: Any, targets: Any = "attention") -> dict[str, LayerShape]:
+    """The linear layers selected by an OFT ``targets`` preset or list, with their shapes."""
+    return find_oft_targets(diffusion_model(model), targets, resolve=lambda p: model_object(model, p))
+
+
+def model_family(model: Any) -> str:
+    """ComfyUI's name for the model's family (``SD15``, ``SD20``, ``SDXL``...)."""
+    return type(model.model.model_config).__name__
+
+
+def model_fingerprint(model: Any) -> dict[str, Any]:
+    """The ``base`` fingerprint written into adapter files and checked when loading them."""
+    return base_fingerprint(model_family(model), model.model.model_config.unet_config)
+
+
+def unet_parameter_count(model: Any) -> int:
+    """Parameters of the UNet alone (the base an adapter's share is measured against)."""
+    return sum(p.numel() for p in diffusion_model(model).parameters())

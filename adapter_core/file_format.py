@@ -158,3 +158,25 @@ def unclaimed_tensors(tensors: dict[str, torch.Tensor], modules: list[str], mark
     """Tensor names that belong to no listed module."""
     claimed = {m for m in modules}
     return sorted(k for k in tensors if k.partition(f".{marker}.")[0] not in claimed)
+
+
+def numbered_path(folder: str | os.PathLike[str], prefix: str, suffix: str = ".safetensors") -> Path:
+    """``<folder>/<prefix>_<counter>.safetensors`` with the next free 5-digit counter.
+
+    ``prefix`` may contain subfolders (``taptune/dog``); it may not climb out of ``folder``.
+    """
+    root = Path(folder).resolve()
+    prefix = prefix.strip().replace("\\", "/").strip("/")
+    if not prefix:
+        raise ValueError("filename_prefix is empty")
+    target_dir = (root / prefix).parent.resolve()
+    if target_dir != root and root not in target_dir.parents:
+        raise ValueError(f"filename_prefix {prefix!r} points outside {root}")
+    stem = Path(prefix).name
+    highest = 0
+    if target_dir.is_dir():
+        for existing in target_dir.glob(f"{stem}_*{suffix}"):
+            number = existing.name[len(stem) + 1 : -len(suffix)]
+            if number.isdigit():
+                highest = max(highest, int(number))
+    return target_dir / f"{stem}_{highest + 1:05d}{suffix}"

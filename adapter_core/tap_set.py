@@ -120,7 +120,8 @@ class TapAdapterSet:
                 for position, width in ((config.din, adapter.d_in), (config.dout, adapter.d_out)):
                     if site.width_at(position) != width:
                         raise TapConfigError(
-                            f"{path}: the adapter has width {width} at {position} but this model has {site.width_at(position)}"
+                            f"{path}: the adapter was made for width {width} at {position} but this model has "
+                            f"{site.width_at(position)} there (a file for another architecture?)"
                         )
 
     def num_parameters(self) -> int:

@@ -63,3 +63,14 @@ def adapter_fingerprint(name: str) -> tuple[str, float]:
     """Changes whenever the chosen file changes, so ComfyUI re-runs the node."""
     full = folder_paths.get_full_path(ADAPTER_FOLDER, name) if name else None
     return (name, os.path.getmtime(full) if full and os.path.exists(full) else -1.0)
+
+
+def adapters_output_folder() -> Path:
+    """The first registered ``models/adapters`` folder, where nodes write new files."""
+    register_model_folder()
+    return Path(folder_paths.get_folder_paths(ADAPTER_FOLDER)[0])
+
+
+def adapter_name_of(path: Path) -> str:
+    """The name the adapter combo lists for a file written into the adapters folder."""
+    return path.resolve().relative_to(adapters_output_folder().resolve()).as_posix()

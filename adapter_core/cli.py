@@ -1,0 +1,68 @@
+"""Command line for adapter files, with no ComfyUI needed.
+
+Run from the pack's folder::
+
+    python -m adapter_core.cli info FILE
+    python -m adapter_core.cli convert-official DIR OUT.safetensors [--config X.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .file_format import AdapterFileError, load_adapter_file, save_adapter_file
+from .official_tap_import import import_official_tap_dir
+from .tap_points import TapConfigError
+
+
+def _info(args: argparse.Namespace) -> int:
+    adapter_file = load_adapter_file(args.file)
+    print(f"kind: {adapter_file.kind}")
+    for entry in adapter_file.adapters:
+        settings = {k: v for k, v in entry.items() if k != "modules"}
+        print(f"group: {settings}, {len(entry.get('modules', []))} modules")
+    print(f"base: {adapter_file.base}")
+    for key, value in adapter_file.info.items():
+        print(f"{key}: {value}")
+    print(
+        f"tensors: {len(adapter_file.tensors)}, parameters: {sum(t.numel() for t in adapter_file.tensors.values()):,}"
+    )
+    return 0
+
+
+def _convert_official(args: argparse.Namespace) -> int:
+    tap_set = import_official_tap_dir(args.directory, args.config)
+    save_adapter_file(args.output, tap_set.to_file(notes=f"imported from the official code's folder {args.directory}"))
+    print(f"wrote {args.output}: " + "; ".join(tap_set.describe()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public so that tests and docs can list the commands)."""
+    parser = argparse.ArgumentParser(prog="python -m adapter_core.cli", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="describe a TapTune adapter file")
+    info.add_argument("file")
+    info.set_defaults(run=_info)
+    convert = sub.add_parser("convert-official", help="convert an official Closer-Look adapter folder")
+    convert.add_argument("directory", help="folder of <module>.adapter_inout.pt / <module>.adapter.pt files")
+    convert.add_argument("output", help="the .safetensors file to write")
+    convert.add_argument("--config", help="the official YAML (default: the single .yaml in the folder)")
+    convert.set_defaults(run=_convert_official)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 with a one-line message for bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (AdapterFileError, TapConfigError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

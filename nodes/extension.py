@@ -1,0 +1,27 @@
+"""The V3 extension object ComfyUI asks for: the list of TapTune nodes."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from .common import register_model_folder
+from .convert import TapTuneImportOfficialAdapters
+from .load_adapter import TapTuneAdapterInfo, TapTuneLoadAdapter
+
+__all__ = ["TapTuneExtension", "node_classes", "register_model_folder"]
+
+
+def node_classes() -> list[type[io.ComfyNode]]:
+    """Every node of the pack. Node IDs are a public contract: never rename one that has shipped."""
+    return [
+        TapTuneLoadAdapter,
+        TapTuneAdapterInfo,
+        TapTuneImportOfficialAdapters,
+    ]
+
+
+class TapTuneExtension(ComfyExtension):
+    """Registers the TapTune nodes."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return node_classes()

@@ -1,0 +1,62 @@
+"""Host tests: a real ComfyUI 0.3.75 (from .host/ComfyUI), its stock loaders and executor."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from devtools.comfy_host import ROOT, Host, init_nodes, prepare_comfy
+
+BASE = ROOT / ".host" / "test-base"
+CHECKPOINT_CACHE = ROOT / ".host" / "test-checkpoints"
+
+shutil.rmtree(BASE, ignore_errors=True)
+BASE.mkdir(parents=True)
+prepare_comfy(BASE)
+init_nodes()
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Path:
+    """ComfyUI's base directory for this test session (models/, input/, output/...)."""
+    return BASE
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint_name(base_dir: Path) -> str:
+    """A generated random SD 1.x-layout checkpoint, placed in models/checkpoints."""
+    from devtools.checkpoints import cached_sd15_checkpoint
+
+    source = cached_sd15_checkpoint(CHECKPOINT_CACHE)
+    target = base_dir / "models" / "checkpoints" / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        target.symlink_to(source)
+    return source.name
+
+
+@pytest.fixture(scope="session")
+def sd15(sd15_checkpoint_name: str, base_dir: Path):
+    """(MODEL, CLIP, VAE) of the generated checkpoint, loaded by ComfyUI's stock loader."""
+    import comfy.sd
+
+    path = base_dir / "models" / "checkpoints" / sd15_checkpoint_name
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path))
+    return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def host() -> Host:
+    """ComfyUI's PromptExecutor with a recording stand-in for the websocket server."""
+    return Host()
+
+
+@pytest.fixture()
+def adapters_dir(base_dir: Path) -> Path:
+    """models/adapters of the test base directory (emptied for each test)."""
+    folder = base_dir / "models" / "adapters"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder

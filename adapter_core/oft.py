@@ -182,16 +182,21 @@ class OFTRotation(nn.Module):
         P = self.P if self.P.dim() == 3 else self.P.unsqueeze(0)
         return skew(P)
 
-    def rotation(self, strength: float = 1.0, neumann_terms: int | None = None) -> torch.Tensor:
+    def rotation(self, strength: float = 1.0, neumann_terms: int | None = None, precise: bool = False) -> torch.Tensor:
         """Blocks of ``R(strength * S)``, shape ``(r, k, k)`` or ``(1, k, k)`` when shared.
 
         ``strength`` scales the generator, so every value gives an orthogonal matrix:
-        0 is the identity, 1 the trained rotation, -1 its inverse.
+        0 is the identity, 1 the trained rotation, -1 its inverse. ``precise`` solves in
+        float64 (used for merging, which runs once per load) and returns the parameter dtype.
         """
         S = self.generator() * strength
+        if precise:
+            S = S.double()
         if neumann_terms is None:
-            return cayley(S)
-        return cayley_neumann(S, neumann_terms)
+            R = cayley(S)
+        else:
+            R = cayley_neumann(S, neumann_terms)
+        return R.to(self.P.dtype)
 
     def magnitude_at(self, strength: float = 1.0) -> torch.Tensor | None:
         """``m ** strength`` (so 0 leaves rows unscaled and -1 undoes ``m`` exactly)."""
@@ -210,9 +215,10 @@ class OFTRotation(nn.Module):
         factor = torch.where(norms > self.radius, self.radius / norms.clamp_min(1e-30), torch.ones_like(norms))
         P.mul_(factor[:, None, None])
 
+    @torch.no_grad()
     def merged_weight(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         """``diag(m^s) W R(sS)^T`` computed in fp32 (the weight patch at inference)."""
-        R = self.rotation(strength).to(device=weight.device, dtype=torch.float32)
+        R = self.rotation(strength, precise=True).to(device=weight.device, dtype=torch.float32)
         out = rotate_weight(weight.to(torch.float32), R)
         m = self.magnitude_at(strength)
         if m is not None:

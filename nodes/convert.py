@@ -14,17 +14,22 @@ from ..adapter_core.tap_points import TapConfigError
 from .common import CATEGORY_CONVERT, NodeInputError, adapter_name_of, adapters_output_folder
 
 
-def resolve_user_path(node: str, input_name: str, value: str, must_be_dir: bool) -> Path:
-    """An absolute path, or one relative to ComfyUI's input folder; a clear error if it is missing."""
+def resolve_user_path(node: str, input_name: str, value: str, expect: str = "any") -> Path:
+    """An absolute path, or one relative to ComfyUI's input folder; a clear error if it is missing.
+
+    ``expect`` is ``file``, ``dir`` or ``any``.
+    """
     if not value.strip():
         raise NodeInputError(node, input_name, "a path is required")
     path = Path(os.path.expanduser(value.strip()))
     if not path.is_absolute():
         path = Path(folder_paths.get_input_directory()) / path
-    if must_be_dir and not path.is_dir():
+    if expect == "dir" and not path.is_dir():
         raise NodeInputError(node, input_name, f"{path} is not a folder")
-    if not must_be_dir and not path.is_file():
+    if expect == "file" and not path.is_file():
         raise NodeInputError(node, input_name, f"{path} is not a file")
+    if not path.exists():
+        raise NodeInputError(node, input_name, f"{path} does not exist")
     return path
 
 
@@ -67,8 +72,8 @@ class TapTuneImportOfficialAdapters(io.ComfyNode):
     @classmethod
     def execute(cls, directory: str, config: str = "", filename_prefix: str = "imported/official") -> io.NodeOutput:
         node = "TapTuneImportOfficialAdapters"
-        folder = resolve_user_path(node, "directory", directory, must_be_dir=True)
-        config_path = resolve_user_path(node, "config", config, must_be_dir=False) if config.strip() else None
+        folder = resolve_user_path(node, "directory", directory, "dir")
+        config_path = resolve_user_path(node, "config", config, "file") if config.strip() else None
         try:
             tap_set = import_official_tap_dir(folder, config_path)
         except (AdapterFileError, TapConfigError) as exc:

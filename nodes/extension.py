@@ -7,6 +7,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 from .common import register_model_folder
 from .convert import TapTuneImportOfficialAdapters
 from .load_adapter import TapTuneAdapterInfo, TapTuneLoadAdapter
+from .oft import TapTuneExportOFTAsLoRA, TapTuneImportOFT
 
 __all__ = ["TapTuneExtension", "node_classes", "register_model_folder"]
 
@@ -17,6 +18,8 @@ def node_classes() -> list[type[io.ComfyNode]]:
         TapTuneLoadAdapter,
         TapTuneAdapterInfo,
         TapTuneImportOfficialAdapters,
+        TapTuneImportOFT,
+        TapTuneExportOFTAsLoRA,
     ]
 
 

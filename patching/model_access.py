@@ -56,3 +56,15 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
 def unet_parameter_count(model: Any) -> int:
     """Parameters of the UNet alone (the base an adapter's share is measured against)."""
     return sum(p.numel() for p in diffusion_model(model).parameters())
+
+
+def model_layers_per_block(model: Any | None, default: int = 2) -> int:
+    """ResBlocks per encoder level of the MODEL's UNet (what diffusers calls ``layers_per_block``)."""
+    if model is None:
+        return default
+    blocks = model.model.model_config.unet_config.get("num_res_blocks", default)
+    if isinstance(blocks, (list, tuple)):
+        if len(set(blocks)) != 1:
+            raise ValueError(f"this UNet has a different number of ResBlocks per level ({list(blocks)})")
+        return int(blocks[0])
+    return int(blocks)

@@ -45,7 +45,8 @@ class OFTWeightPatch(WeightAdapterBase):
             return self.rotation.merged_weight(weight, strength).to(weight.dtype)
 
 
-def _layer_paths(model: Any, oft_set: OFTAdapterSet) -> dict[str, tuple[int, int]]:
+def check_oft_fits(model: Any, oft_set: OFTAdapterSet) -> dict[str, tuple[int, int]]:
+    """The shapes of the layers ``oft_set`` rotates; raises if one is missing or has another width."""
     layers = model_linear_layers(model, list(oft_set.rotations))
     oft_set.check_fits(layers)
     return layers
@@ -57,7 +58,7 @@ def with_oft_merged(model: Any, oft_set: OFTAdapterSet, strength: float = 1.0) -
     Strength 0 returns a plain clone. ``model`` is never changed; unloading the clone's
     patches restores the original weights exactly (ComfyUI keeps a backup).
     """
-    _layer_paths(model, oft_set)
+    check_oft_fits(model, oft_set)
     patched = model.clone()
     if strength == 0.0:
         return patched
@@ -73,7 +74,7 @@ def with_oft_merged(model: Any, oft_set: OFTAdapterSet, strength: float = 1.0) -
 
 def with_oft_trainable(model: Any, oft_set: OFTAdapterSet, neumann_terms: int | None = None) -> Any:
     """A clone of ``model`` whose target layers compute through ``oft_set`` with gradients."""
-    _layer_paths(model, oft_set)
+    check_oft_fits(model, oft_set)
     patched = model.clone()
     for path, rotation in oft_set.rotations.items():
         base = model_object(patched, path)

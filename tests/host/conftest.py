@@ -60,3 +60,15 @@ def adapters_dir(base_dir: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
+
+
+@pytest.fixture()
+def demo_files(sd15, adapters_dir: Path) -> Path:
+    """The adapter files the example workflows name, made for the test checkpoint."""
+    from taptune.adapter_core import TapAdapterSet, TapConfig, save_adapter_file
+    from taptune.patching.model_access import model_fingerprint, model_sites
+
+    model = sd15[0]
+    tap_set = TapAdapterSet.create(model_sites(model), TapConfig("attn2o", "ffni"), init="paper", seed=7)
+    save_adapter_file(adapters_dir / "taptune-demo-tap.safetensors", tap_set.to_file(base=model_fingerprint(model)))
+    return adapters_dir

@@ -1,0 +1,72 @@
+"""Shared benchmark plumbing: an in-process ComfyUI host, timers, and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from devtools.comfy_host import ROOT, import_pack, init_nodes, prepare_comfy
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def setup_host() -> None:
+    """A ComfyUI with the pack, rooted in a throwaway base folder."""
+    prepare_comfy(tempfile.mkdtemp(prefix="taptune-bench-"))
+    init_nodes()
+    import_pack()
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of ``fn`` over ``repeats`` calls (after the caller's warm-up)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Time several variants in alternation (A B A B ...) so that machine noise hits all alike."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - start)
+    return out
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """Save a result as bench/results/<name>.json with the machine it ran on."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    payload = {
+        **payload,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+        },
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

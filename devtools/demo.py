@@ -1,0 +1,111 @@
+"""``make demo``: a ComfyUI base folder with this pack, demo files and the example workflows, then the server.
+
+Everything is generated here (nothing is downloaded): the checkpoint has the exact SD 1.x
+layout but **random weights** (it samples noise-like images; it exists so every node can
+be run), and the demo adapters are random too. To use a real model, put it in
+``.demo/models/checkpoints/`` and pick it in the loader node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from devtools.comfy_host import COMFY_DIR, ROOT, import_pack, prepare_comfy
+from devtools.workflows import DEMO_CHECKPOINT, EXAMPLES
+
+DEMO = ROOT / ".demo"
+PACK_FOLDER = "ComfyUI-TapTune"
+
+
+def link_pack(base: Path) -> None:
+    """``custom_nodes/ComfyUI-TapTune`` -> this repository."""
+    target = base / "custom_nodes" / PACK_FOLDER
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        if target.resolve() == ROOT:
+            return
+        target.unlink() if target.is_symlink() else shutil.rmtree(target)
+    target.symlink_to(ROOT, target_is_directory=True)
+
+
+def demo_checkpoint(base: Path) -> Path:
+    """The random SD 1.x-layout checkpoint (generated once)."""
+    from devtools.checkpoints import write_sd15_checkpoint
+
+    path = base / "models" / "checkpoints" / DEMO_CHECKPOINT
+    if not path.exists():
+        print(f"[demo] generating {path.name} (random weights, SD 1.x layout)")
+        write_sd15_checkpoint(path, seed=1234)
+    return path
+
+
+def demo_adapters(base: Path) -> None:
+    """Random demo adapter files (the paper's recipe; an OFT rotation) for the demo checkpoint."""
+    from devtools.checkpoints import SD15_SMALL, build_unet
+
+    import_pack()
+    import taptune.adapter_core as core
+
+    folder = base / "models" / "adapters"
+    folder.mkdir(parents=True, exist_ok=True)
+    tap_path = folder / "taptune-demo-tap.safetensors"
+    if tap_path.exists():
+        return
+    unet = build_unet(SD15_SMALL, seed=1234)
+    fingerprint = core.base_fingerprint("SD15", SD15_SMALL)
+    sites = core.find_tap_sites(unet)
+    tap_set = core.TapAdapterSet.create(sites, core.TapConfig("attn2o", "ffni"), init="paper", seed=7)
+    notes = "demo adapter with random weights (the paper's recipe layout), made by `make demo`"
+    core.save_adapter_file(tap_path, tap_set.to_file(base=fingerprint, trigger_word="sks", notes=notes))
+
+
+def copy_workflows(base: Path) -> None:
+    """The example workflows, where the editor's workflow browser finds them."""
+    target = base / "user" / "default" / "workflows"
+    target.mkdir(parents=True, exist_ok=True)
+    for source in EXAMPLES.glob("*.json"):
+        shutil.copy2(source, target / f"TapTune - {source.name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8188")))
+    parser.add_argument("--prepare-only", action="store_true", help="build .demo/ but do not start the server")
+    args = parser.parse_args()
+    import torch
+
+    cpu = not torch.cuda.is_available()
+    prepare_comfy(DEMO, cpu=cpu)
+    link_pack(DEMO)
+    demo_checkpoint(DEMO)
+    demo_adapters(DEMO)
+    copy_workflows(DEMO)
+    command = [
+        sys.executable,
+        str(COMFY_DIR / "main.py"),
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--base-directory",
+        str(DEMO),
+        "--database-url",
+        f"sqlite:///{DEMO / 'user' / 'comfyui.db'}",
+    ] + (["--cpu"] if cpu else [])
+    print(f"[demo] base folder: {DEMO}")
+    print(f"[demo] the checkpoint {DEMO_CHECKPOINT} has RANDOM weights: images will be noise-like.")
+    print("[demo] to use a real model, copy it into .demo/models/checkpoints/ and pick it in the loader.")
+    print(f"[demo] example workflows: Workflows sidebar, 'TapTune - ...' (also in {EXAMPLES.relative_to(ROOT)}/)")
+    if args.prepare_only:
+        print("[demo] prepared; start with: " + " ".join(command))
+        return
+    print(f"[demo] starting ComfyUI at http://127.0.0.1:{args.port}", flush=True)
+    os.execv(sys.executable, command)
+
+
+if __name__ == "__main__":
+    main()

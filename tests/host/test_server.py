@@ -1,0 +1,143 @@
+"""The real server: ComfyUI's own loader finds the pack in custom_nodes/, and prompts run over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from devtools.comfy_host import COMFY_DIR, ROOT
+from devtools.workflows import EXAMPLES, ui_to_api
+from taptune.adapter_core import TapAdapterSet, TapConfig, save_adapter_file
+from taptune.patching.model_access import model_fingerprint, model_sites
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(port: int, path: str, payload: dict | None = None, timeout: float = 10.0):
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for(port: int, prompt_id: str, limit: float = 180.0) -> dict:
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        history = call(port, f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            return history[prompt_id]
+        time.sleep(0.5)
+    raise AssertionError(f"prompt {prompt_id} did not finish in {limit} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, sd15, sd15_checkpoint_name, base_dir):
+    base = tmp_path_factory.mktemp("server-base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "ComfyUI-TapTune").symlink_to(ROOT, target_is_directory=True)
+    checkpoints = base / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / sd15_checkpoint_name).symlink_to(
+        (base_dir / "models" / "checkpoints" / sd15_checkpoint_name).resolve()
+    )
+    adapters = base / "models" / "adapters"
+    adapters.mkdir(parents=True)
+    model = sd15[0]
+    tap_set = TapAdapterSet.create(model_sites(model), TapConfig("attn2o", "ffni"), init="paper", seed=1)
+    save_adapter_file(adapters / "taptune-demo-tap.safetensors", tap_set.to_file(base=model_fingerprint(model)))
+    port = free_port()
+    log = open(base / "server.log", "w")  # noqa: SIM115 - stays open for the server's lifetime
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(COMFY_DIR / "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--base-directory",
+            str(base),
+            "--database-url",
+            f"sqlite:///{base / 'comfyui.db'}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                call(port, "/system_stats", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise AssertionError(
+                        "server did not start:\n" + (base / "server.log").read_text()[-3000:]
+                    ) from None
+                time.sleep(1)
+        yield port, base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_loader_registers_every_node_with_descriptions_and_tooltips(server):
+    port, base = server
+    info = call(port, "/object_info")
+    ours = {k: v for k, v in info.items() if k.startswith("TapTune")}
+    from taptune.nodes.extension import node_classes
+
+    assert set(ours) == {cls.GET_SCHEMA().node_id for cls in node_classes()}
+    for node_id, node in ours.items():
+        assert node["category"].startswith("TapTune/"), node_id
+        assert node["description"], node_id
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert (
+        "taptune-demo-tap.safetensors" in ours["TapTuneLoadAdapter"]["input"]["required"]["adapter_name"][1]["options"]
+    )
+    assert "ComfyUI-TapTune" in (base / "server.log").read_text()
+
+
+def test_example_workflow_runs_over_http_and_errors_do_not_stop_the_server(server, sd15_checkpoint_name):
+    port, _ = server
+    prompt = ui_to_api(json.loads((EXAMPLES / "load_tap_adapter.json").read_text()))
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = sd15_checkpoint_name
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=64, height=64)
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = 2
+    bad = json.loads(json.dumps(prompt))
+    for node in bad.values():
+        if node["class_type"] == "TapTuneLoadAdapter":
+            node["inputs"]["adapter_name"] = "missing.safetensors"
+    failed = wait_for(port, call(port, "/prompt", {"prompt": bad})["prompt_id"])
+    assert failed["status"]["status_str"] == "error"
+    error = next(m[1] for m in failed["status"]["messages"] if m[0] == "execution_error")
+    assert "TapTuneLoadAdapter: input 'adapter_name'" in error["exception_message"]
+    done = wait_for(port, call(port, "/prompt", {"prompt": prompt})["prompt_id"])
+    assert done["status"]["status_str"] == "success"
+    images = [img for out in done["outputs"].values() for img in out.get("images", [])]
+    assert images and images[0]["filename"].startswith("tap")

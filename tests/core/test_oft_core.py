@@ -275,7 +275,7 @@ def test_old_peft_files_are_refused(tmp_path):
         str(folder / "adapter_model.safetensors"),
     )
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "OFT", "r": 4}))
-    with pytest.raises(AdapterFileError, match="PEFT 0.15 or older"):
+    with pytest.raises(AdapterFileError, match=r"PEFT 0\.15 or older"):
         import_oft(folder)
 
 

@@ -29,10 +29,10 @@ def attention_layers(unet):
     """(path, weight) of every attention projection, found without the pack's code."""
     out = []
     for name, module in unet.named_modules():
-        parent, _, leaf = name.rpartition(".")
-        if leaf in ("to_q", "to_k", "to_v") or name.endswith("to_out.0"):
-            if ".attn1" in name or ".attn2" in name:
-                out.append((name, module.weight.detach().float().clone()))
+        leaf = name.rpartition(".")[2]
+        is_projection = leaf in ("to_q", "to_k", "to_v") or name.endswith("to_out.0")
+        if is_projection and (".attn1" in name or ".attn2" in name):
+            out.append((name, module.weight.detach().float().clone()))
     return out
 
 
@@ -73,7 +73,7 @@ def expected_model(model, plan, strength):
     """The base MODEL with each weight set to diag(m^s) W R(sS)^T, computed densely in float64 (stock 'set' patches)."""
     patches = {}
     for name, (weight, S, shared, magnitude) in plan.items():
-        merged = rotated_weight(weight, S * strength if not shared else S * strength, shared_r=4 if shared else None)
+        merged = rotated_weight(weight, S * strength, shared_r=4 if shared else None)
         if magnitude is not None:
             merged = merged * magnitude.double().pow(strength)[:, None]
         patches[f"diffusion_model.{name}.weight"] = ("set", (merged.float(),))

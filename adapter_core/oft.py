@@ -75,36 +75,56 @@ def _divisors(n: int, limit: int = 64) -> str:
 
 def skew(P: torch.Tensor) -> torch.Tensor:
     """``(P - P^T) / 2`` over the last two dimensions."""
-    return 0.5 * (P - P.transpose(-1, -2))
+    # In place on the fresh difference: one k x k pass fewer, and autograd allows it.
+    return (P - P.transpose(-1, -2)).mul_(0.5)
+
+
+def solve_blocks(A: torch.Tensor, B: torch.Tensor, left: bool = True) -> torch.Tensor:
+    """``A^-1 B`` (``left``) or ``B A^-1`` for a stack of blocks ``A`` (``(n, k, k)``).
+
+    On the CPU the blocks are solved one by one: MKL's *batched* LU in the torch 2.14 CPU
+    kernels was seen to fail ("Parameter 6 was incorrect on entry to SLASWP") once a thread
+    count had been set explicitly, while single-matrix solves stay correct. The handful of
+    blocks per layer (r) makes the loop cheap.
+    """
+    if A.device.type == "cpu" and A.shape[0] > 1:
+        return torch.stack([torch.linalg.solve(A[i], B[i], left=left) for i in range(A.shape[0])])
+    return torch.linalg.solve(A, B, left=left)
 
 
 def cayley(S: torch.Tensor) -> torch.Tensor:
     """Exact Cayley transform ``(I - S)(I + S)^-1`` of a stack of skew-symmetric blocks.
 
-    ``(I - S)`` and ``(I + S)^-1`` commute, so one batched solve of ``(I + S) R = I - S``
-    gives ``R``; it runs in fp32 at least, for accuracy.
+    Uses ``(I - S)(I + S)^-1 = 2 (I + S)^-1 - I`` (one solve); runs in fp32 at least.
     """
     work = S if S.dtype == torch.float64 else S.float()
     eye = torch.eye(work.shape[-1], dtype=work.dtype, device=work.device)
-    return torch.linalg.solve(eye + work, eye - work).to(S.dtype)
+    inverse = solve_blocks(eye + work, eye.expand_as(work).contiguous())
+    return (2.0 * inverse - eye).to(S.dtype)
+
+
+def neumann_inverse_series(S: torch.Tensor, terms: int, x: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_{i<terms} S^i`` (``≈ (I - S)^-1``), or that sum applied to ``x`` when given."""
+    if terms < 1:
+        raise OFTConfigError("the Neumann series needs at least one term")
+    if x is None:
+        x = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device).expand_as(S)
+    total, term = x, x
+    for _ in range(terms - 1):
+        term = S @ term
+        total = total + term
+    return total
 
 
 def cayley_neumann(S: torch.Tensor, terms: int) -> torch.Tensor:
-    """Cayley transform with ``(I + S)^-1`` replaced by its Neumann series (OFTv2 style).
+    """The Cayley transform with the inverse replaced by a Neumann series (as in OFTv2).
 
-    ``R_n = (I - S) * sum_{i=0}^{terms-1} (-S)^i``. With ``q = ||S||_2 < 1`` the error is at
-    most ``(1 + q) q^terms / (1 - q)`` in spectral norm (see :func:`neumann_error_bound`);
-    the result is only approximately orthogonal.
+    ``R = 2 (I + S)^-1 - I`` becomes ``R_n = 2 sum_{i<terms} (-S)^i - I``: only matrix
+    products, no solve. With ``q = ||S||_2 < 1`` the error is at most ``2 q^terms / (1 - q)``
+    in spectral norm (:func:`neumann_error_bound`); ``R_n`` is only approximately orthogonal.
     """
-    if terms < 1:
-        raise OFTConfigError("the Neumann series needs at least one term")
     eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
-    inverse = eye.expand_as(S).clone()
-    power = eye.expand_as(S)
-    for _ in range(terms - 1):
-        power = -(power @ S)
-        inverse = inverse + power
-    return (eye - S) @ inverse
+    return 2.0 * neumann_inverse_series(-S, terms) - eye
 
 
 def neumann_error_bound(S: torch.Tensor, terms: int) -> float:
@@ -115,7 +135,7 @@ def neumann_error_bound(S: torch.Tensor, terms: int) -> float:
     q = float(torch.linalg.matrix_norm(S.double(), ord=2).max())
     if q >= 1.0:
         return math.inf
-    return (1.0 + q) * q**terms / (1.0 - q)
+    return 2.0 * q**terms / (1.0 - q)
 
 
 def rotate_weight(weight: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
@@ -139,6 +159,38 @@ def rotate_input(x: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     else:
         out = torch.einsum("...bj,bji->...bi", xs, R)
     return rearrange(out, "... b k -> ... (b k)")
+
+
+def _inverse_apply(S: torch.Tensor, columns: torch.Tensor, neumann_terms: int | None) -> torch.Tensor:
+    """``(I - S)^-1 columns`` per block, exactly or by the Neumann series."""
+    if neumann_terms is not None:
+        return neumann_inverse_series(S, neumann_terms, columns)
+    eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
+    return solve_blocks(eye - S, columns)
+
+
+def rotate_input_from_generator(x: torch.Tensor, S: torch.Tensor, neumann_terms: int | None = None) -> torch.Tensor:
+    """``R^T x`` per row vector straight from ``S``, never forming ``R``.
+
+    ``R^T = 2 (I - S)^-1 - I``, so this is one LU solve per block with the tokens as
+    right-hand sides: with few tokens much cheaper than building ``R`` (k right-hand sides).
+    """
+    k = S.shape[-1]
+    rows = x.reshape(-1, x.shape[-1])
+    pattern, back = ("n (b k) -> 1 k (n b)", "1 k (n b) -> n (b k)") if S.shape[0] == 1 else ("n (b k) -> b k n", "b k n -> n (b k)")
+    columns = rearrange(rows, pattern, k=k).to(S.dtype)
+    solved = _inverse_apply(S, columns, neumann_terms)
+    return (2.0 * rearrange(solved, back, n=rows.shape[0]).to(x.dtype) - rows).reshape(x.shape)
+
+
+def rotate_weight_from_generator(weight: torch.Tensor, S: torch.Tensor, neumann_terms: int | None = None) -> torch.Tensor:
+    """``W R^T`` straight from ``S``: ``W R^T = 2 W (I - S)^-1 - W`` (weight rows as right-hand sides)."""
+    k = S.shape[-1]
+    pattern, back = ("o (b k) -> 1 k (o b)", "1 k (o b) -> o (b k)") if S.shape[0] == 1 else ("o (b k) -> b k o", "b k o -> o (b k)")
+    # W (I - S)^-1 = ((I - S)^-T W^T)^T = ((I + S)^-1 W^T)^T: solve with I + S, rows as columns.
+    columns = rearrange(weight, pattern, k=k).to(S.dtype)
+    solved = _inverse_apply(-S, columns, neumann_terms)
+    return 2.0 * rearrange(solved, back, o=weight.shape[0]).to(weight.dtype) - weight
 
 
 class OFTRotation(nn.Module):
@@ -235,16 +287,21 @@ class OFTRotation(nn.Module):
     ) -> torch.Tensor:
         """``diag(m) W R^T x + b`` with gradients to ``P`` (and ``m``): the training path.
 
-        The rotation goes onto the weight or onto the activations, whichever needs fewer
-        multiply-adds for these shapes (``out * in * k`` versus ``tokens * in * k``).
+        The rotation goes onto the activations or onto the weight, whichever costs less for
+        these shapes (``tokens * in * k`` versus ``out * in * k`` multiply-adds); either way it
+        is solved straight from ``S`` (one LU per block, ``R`` is never formed): see
+        :func:`rotate_input_from_generator` and :func:`rotate_weight_from_generator`.
         """
-        R = self.rotation(strength, neumann_terms).to(device=x.device, dtype=x.dtype)
-        tokens = x.numel() // x.shape[-1]
         weight = weight.to(device=x.device, dtype=x.dtype)
-        if weight.shape[0] <= tokens:
-            y = F.linear(x, rotate_weight(weight, R))
+        S = self.generator() if strength == 1.0 else self.generator() * strength
+        S = S.to(device=x.device)
+        if x.dtype not in (torch.float32, torch.float64):
+            S = S.float()  # the solve needs fp32; the big matmul below stays in x's dtype
+        tokens = x.numel() // x.shape[-1]
+        if tokens < weight.shape[0]:
+            y = F.linear(rotate_input_from_generator(x, S, neumann_terms), weight)
         else:
-            y = F.linear(rotate_input(x, R), weight)
+            y = F.linear(x, rotate_weight_from_generator(weight, S, neumann_terms))
         m = self.magnitude_at(strength)
         if m is not None:
             y = y * m.to(y)

@@ -114,10 +114,11 @@ def test_coft_keeps_each_block_inside_its_radius_through_training():
     assert rotation.radius == pytest.approx(6e-5 * k * k / 2.0)  # eps k^2 / sqrt(r), r = 4
     optimiser = torch.optim.Adam(rotation.parameters(), lr=1e-2)
     W = torch.randn(32, 64)
-    target = torch.randn(32, 64)
+    x = torch.randn(100, 64)
+    target = torch.randn(100, 32)
     for _ in range(300):
         rotation.project_()
-        loss = (rotation.merged_weight(W) - target).square().mean()
+        loss = (rotation.linear(x, W, None) - target).square().mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -1,0 +1,226 @@
+"""OFT cost on the full-size SD 1.5 UNet shapes (random weights, CPU): training step, sampling, parameters.
+
+1. One training step (forward + backward, only adapter parameters trainable) with OFT r=4 on
+   the paper's targets (to_q, to_k, to_v, to_out.0 of every attention layer), against
+   * a LoRA with the same number of trainable parameters per layer on the same layers
+     (rank = r k^2 / (in + out), applied to activations as PEFT does), and
+   * the naive OFT of the official code: dense block-diagonal ``R`` (``torch.block_diag``),
+     ``torch.inverse`` per block, ``W R^T`` as a dense matmul, every step.
+   Measured twice: the whole UNet step (32x32 latents, batch 2), and the adapted layers alone
+   (the same layers with the token counts they see in that step), which isolates the adapter.
+   Goals: OFT <= 1.2x the LoRA step; >= 3x faster than the naive form.
+2. One sampling step with the rotation merged (weight patch) against the base model. Goal: < 1 %.
+3. Trainable parameters for r = 2, 4, 8, 16 on the paper's targets.
+
+    python -m bench.oft [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.common import interleaved, setup_host, write_result
+
+
+class LoRALinear(nn.Module):
+    """The LoRA baseline: ``W x + b + B A x`` (activation side), frozen W."""
+
+    def __init__(self, base: nn.Module, rank: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "base_layer", base)
+        self.down = nn.Parameter(torch.randn(rank, base.in_features) / base.in_features**0.5)
+        self.up = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        return F.linear(x, base.weight, base.bias) + F.linear(F.linear(x, self.down), self.up)
+
+
+class NaiveOFTLinear(nn.Module):
+    """The official code's OFT forward: dense block-diagonal R and a dense ``W R^T`` every call."""
+
+    def __init__(self, base: nn.Module, r: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "base_layer", base)
+        k = base.in_features // r
+        self.R = nn.Parameter(torch.zeros(r, k, k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        S = 0.5 * (self.R - self.R.transpose(1, 2))
+        eye = torch.eye(S.shape[-1], dtype=S.dtype)
+        Q = torch.bmm(eye - S, torch.inverse(eye + S))
+        dense = torch.block_diag(*Q)
+        weight = torch.mm(dense, self.base_layer.weight.t()).t()
+        return F.linear(x, weight, self.base_layer.bias)
+
+
+def patched_with(model: Any, make: Any, layers: dict[str, tuple[int, int]]) -> Any:
+    from taptune.patching.model_access import DIFFUSION_PREFIX, model_object
+
+    clone = model.clone()
+    modules = []
+    for path in layers:
+        module = make(model_object(clone, path))
+        modules.append(module)
+        clone.add_object_patch(DIFFUSION_PREFIX + path, module)
+    return clone, [p for m in modules for p in m.parameters()]
+
+
+def train_step(model: Any, params: list[torch.Tensor], x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor):
+    import comfy.model_management
+
+    def step() -> None:
+        comfy.model_management.load_models_gpu([model])
+        for p in params:
+            p.grad = None
+        out = model.model.apply_model(x, sigma, c_crossattn=ctx)
+        out.square().mean().backward()
+
+    return step
+
+
+def layer_steps(layers: dict[str, tuple[int, int]], tokens: dict[str, int], make: Any) -> Any:
+    """Forward + backward through every adapted layer alone, with its token count."""
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for path, (in_features, out_features) in layers.items():
+        base = nn.Linear(in_features, out_features)
+        base.requires_grad_(False)
+        module = make(base)
+        items.append((module, torch.randn(tokens[path], in_features, generator=g), list(module.parameters())))
+
+    def step() -> None:
+        for module, x, params in items:
+            for p in params:
+                p.grad = None
+            module(x).square().mean().backward()
+
+    return step
+
+
+def token_counts(model: Any, layers: dict[str, tuple[int, int]], x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor) -> dict[str, int]:
+    """How many tokens each target layer sees in one UNet step (recorded with forward hooks)."""
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model])
+    unet = model.model.diffusion_model
+    seen: dict[str, int] = {}
+    handles = []
+    for path in layers:
+        module = unet.get_submodule(path)
+
+        def hook(m, args, out, path=path):
+            seen[path] = args[0].numel() // args[0].shape[-1]
+
+        handles.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        model.model.apply_model(x, sigma, c_crossattn=ctx)
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", type=int, default=32, help="latent side for the training step")
+    parser.add_argument("--sample-size", type=int, default=64, help="latent side for the sampling step")
+    parser.add_argument("--skip-unet", action="store_true", help="only the layer-level and parameter measurements")
+    args = parser.parse_args()
+    setup_host()
+    import comfy.sample
+
+    from devtools.checkpoints import SD15_FULL, build_model_patcher
+    from taptune.adapter_core import OFTAdapterSet, OFTConfig
+    from taptune.adapter_core.oft_layer import OFTLinear
+    from taptune.patching.model_access import model_linear_layers
+    from taptune.patching.oft_patches import with_oft_merged
+
+    torch.manual_seed(0)
+    base = build_model_patcher("SD15", SD15_FULL, seed=0)
+    base.model.requires_grad_(False)
+    layers = model_linear_layers(base, "attention")
+    oft_set = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=True))
+    ranks = {path: max(1, round(oft_set.rotations[path].num_parameters() / (i + o))) for path, (i, o) in layers.items()}
+    lora_parameters = sum(ranks[p] * (i + o) for p, (i, o) in layers.items())
+
+    parameters = {}
+    for r in (2, 4, 8, 16):
+        counted = OFTAdapterSet.create(layers, OFTConfig(r=r))
+        parameters[r] = {"stored": counted.num_parameters(), "free": counted.num_parameters(free_only=True)}
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, args.size, args.size, generator=g)
+    sigma = torch.tensor([3.0, 8.0])
+    ctx = torch.randn(2, 77, 768, generator=g)
+    tokens = token_counts(base, layers, x, sigma, ctx)
+
+    def make_oft(layer: nn.Module, path: str | None = None) -> nn.Module:
+        in_features = layer.in_features
+        return OFTLinear(layer, OFTAdapterSet.create({"x": (in_features, layer.out_features)}, OFTConfig(r=4, coft=True)).rotations["x"])
+
+    results: dict[str, Any] = {"parameters_by_r": parameters, "oft_r4_parameters": oft_set.num_parameters(), "lora_parameters": lora_parameters}
+    rank_by_shape = {(i, o): ranks[p] for p, (i, o) in layers.items()}
+    makers = {
+        "oft": make_oft,
+        "lora": lambda layer: LoRALinear(layer, rank_by_shape[(layer.in_features, layer.out_features)]),
+        "naive_oft": lambda layer: NaiveOFTLinear(layer, 4),
+    }
+    layer_times = interleaved({name: layer_steps(layers, tokens, make) for name, make in makers.items()}, args.rounds + 1)
+    results["layer_seconds"] = {name: statistics.median(t[1:]) for name, t in layer_times.items()}
+
+    if not args.skip_unet:
+        steps = {}
+        for name, make in makers.items():
+            clone, params = patched_with(base, make, layers)
+            steps[name] = train_step(clone, params, x, sigma, ctx)
+        with torch.inference_mode(False), torch.enable_grad():
+            unet_times = interleaved(steps, args.rounds + 1)
+        results["unet_step_seconds"] = {name: statistics.median(t[1:]) for name, t in unet_times.items()}
+
+        trained = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=False))
+        with torch.no_grad():
+            for rotation in trained.rotations.values():
+                rotation.P.normal_(0, 1e-3)
+        merged = with_oft_merged(base, trained)
+        latent = torch.zeros(1, 4, args.sample_size, args.sample_size)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
+        positive = [[torch.randn(1, 77, 768, generator=g), {}]]
+        negative = [[torch.randn(1, 77, 768, generator=g), {}]]
+
+        def sample(model: Any) -> Any:
+            return lambda: comfy.sample.sample(model, noise, 2, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=1)
+
+        with torch.inference_mode():
+            sample_times = interleaved({"base": sample(base), "merged_oft": sample(merged)}, args.rounds + 1)
+        results["sampling_seconds_per_step"] = {name: statistics.median(t[1:]) / 2 for name, t in sample_times.items()}
+
+    def ratio(table: str, a: str, b: str) -> float:
+        return results[table][a] / results[table][b]
+
+    results["ratios"] = {
+        "layers_oft_over_lora": ratio("layer_seconds", "oft", "lora"),
+        "layers_naive_over_oft": ratio("layer_seconds", "naive_oft", "oft"),
+    }
+    if "unet_step_seconds" in results:
+        results["ratios"].update(
+            unet_oft_over_lora=ratio("unet_step_seconds", "oft", "lora"),
+            unet_naive_over_oft=ratio("unet_step_seconds", "naive_oft", "oft"),
+            sampling_merged_over_base=ratio("sampling_seconds_per_step", "merged_oft", "base"),
+        )
+    results["settings"] = vars(args)
+    path = write_result("oft", results)
+    for key, value in results.items():
+        if key not in ("settings",):
+            print(f"{key}: {value}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ Pure PyTorch; nothing here imports ComfyUI. The ComfyUI side lives in ``patching
 from .base_fingerprint import BaseMismatchError, base_fingerprint, check_base
 from .file_format import AdapterFile, AdapterFileError, load_adapter_file, read_header, save_adapter_file
 from .oft import OFTConfig, OFTConfigError, OFTRotation, cayley, cayley_neumann, hyperspherical_energy
-from .oft_layer import OFTLinear
+from .oft_layer import OFTCrossAttention, OFTFeedForward, split_layer_path
 from .oft_set import OFTAdapterSet, OFTGroup, find_oft_targets
 from .sites import TapSite, find_tap_sites, select_sites
 from .tap_adapter import TapAdapter, TapConfig, TapGroup
@@ -23,8 +23,9 @@ __all__ = [
     "OFTAdapterSet",
     "OFTConfig",
     "OFTConfigError",
+    "OFTCrossAttention",
+    "OFTFeedForward",
     "OFTGroup",
-    "OFTLinear",
     "OFTRotation",
     "TapAdapter",
     "TapAdapterSet",
@@ -46,5 +47,6 @@ __all__ = [
     "read_header",
     "save_adapter_file",
     "select_sites",
+    "split_layer_path",
     "validate_pair",
 ]

@@ -177,16 +177,26 @@ def rotate_input_from_generator(x: torch.Tensor, S: torch.Tensor, neumann_terms:
     """
     k = S.shape[-1]
     rows = x.reshape(-1, x.shape[-1])
-    pattern, back = ("n (b k) -> 1 k (n b)", "1 k (n b) -> n (b k)") if S.shape[0] == 1 else ("n (b k) -> b k n", "b k n -> n (b k)")
+    pattern, back = (
+        ("n (b k) -> 1 k (n b)", "1 k (n b) -> n (b k)")
+        if S.shape[0] == 1
+        else ("n (b k) -> b k n", "b k n -> n (b k)")
+    )
     columns = rearrange(rows, pattern, k=k).to(S.dtype)
     solved = _inverse_apply(S, columns, neumann_terms)
     return (2.0 * rearrange(solved, back, n=rows.shape[0]).to(x.dtype) - rows).reshape(x.shape)
 
 
-def rotate_weight_from_generator(weight: torch.Tensor, S: torch.Tensor, neumann_terms: int | None = None) -> torch.Tensor:
+def rotate_weight_from_generator(
+    weight: torch.Tensor, S: torch.Tensor, neumann_terms: int | None = None
+) -> torch.Tensor:
     """``W R^T`` straight from ``S``: ``W R^T = 2 W (I - S)^-1 - W`` (weight rows as right-hand sides)."""
     k = S.shape[-1]
-    pattern, back = ("o (b k) -> 1 k (o b)", "1 k (o b) -> o (b k)") if S.shape[0] == 1 else ("o (b k) -> b k o", "b k o -> o (b k)")
+    pattern, back = (
+        ("o (b k) -> 1 k (o b)", "1 k (o b) -> o (b k)")
+        if S.shape[0] == 1
+        else ("o (b k) -> b k o", "b k o -> o (b k)")
+    )
     # W (I - S)^-1 = ((I - S)^-T W^T)^T = ((I + S)^-1 W^T)^T: solve with I + S, rows as columns.
     columns = rearrange(weight, pattern, k=k).to(S.dtype)
     solved = _inverse_apply(-S, columns, neumann_terms)

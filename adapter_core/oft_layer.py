@@ -1,67 +1,174 @@
-"""A linear layer computed through an OFT rotation with gradients: the training form.
+"""The training form of OFT: attention and feed-forward modules whose projections go through rotations.
 
-At inference a rotation is merged into the weight once; while training, the weight
-must stay frozen and the gradient must reach ``P``, so the layer is replaced (as an
-object patch) by :class:`OFTLinear`.
+At inference a rotation is merged into the weight once. While training, the weight
+must stay frozen and the gradient must reach ``P``, and the rotation should sit on
+whichever side of the layer is cheaper (weights or activations). So the *parent* of each
+rotated layer (the attention module, the feed-forward module) is wrapped for the run by a
+module that adopts the parent's children under their own names: every linear layer stays
+where it was, with its own weights, so weight patches, LoRAs and the host's bookkeeping of
+loaded weights keep working untouched. The wrappers are installed as children of a tapped
+transformer block (one object patch per block), never on their own paths.
 
-The wrapper never holds the weight itself: ``weight`` and ``bias`` are read from and
-written to the wrapped layer. Weight patching (LoRAs, ComfyUI's load/unload) swaps the
-``Parameter`` objects of a layer; a wrapper that captured them once would keep a stale
-one (for example the weight of another clone that happened to be loaded when the
-wrapper was built).
+The host supplies two functions: ``weights_of(layer, x)`` (the effective weight and bias
+of a layer for input ``x``, e.g. after the host's own casting and weight functions) and
+``attention(q, k, v, heads, mask, attn_precision, transformer_options)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .oft import OFTRotation
+from .oft import OFTConfigError, OFTRotation
 
-_DELEGATED = ("weight", "bias")
+WeightsOf = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+AttentionFn = Callable[..., torch.Tensor]
+OFT_CHILD = "oft"
+
+#: The layers OFT can train, by where they sit in a transformer block: (module, layer inside it).
+_TRAINABLE_LAYERS: tuple[tuple[str, str], ...] = (
+    *((module, layer) for module in ("attn1", "attn2") for layer in ("to_q", "to_k", "to_v", "to_out.0")),
+    ("ff", "net.0.proj"),
+    ("ff", "net.2"),
+)
 
 
-class OFTLinear(nn.Module):
-    """``y = diag(m) W R^T x + b`` with ``W``, ``b`` (frozen) taken from the wrapped layer at call time."""
+def plain_weights(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's own weight and bias, on ``x``'s device and dtype."""
+    bias = getattr(layer, "bias", None)
+    return layer.weight.to(x), (bias.to(x) if bias is not None else None)
+
+
+def split_layer_path(path: str) -> tuple[str, str, str]:
+    """``(transformer block path, module, layer)`` of a layer OFT can train.
+
+    ``...transformer_blocks.0.attn1.to_out.0`` -> (``...transformer_blocks.0``, ``attn1``,
+    ``to_out.0``); ``...transformer_blocks.0.ff.net.0.proj`` -> (..., ``ff``, ``net.0.proj``).
+    """
+    for module, layer in _TRAINABLE_LAYERS:
+        suffix = f".{module}.{layer}"
+        if path.endswith(suffix):
+            return path[: -len(suffix)], module, layer
+    raise OFTConfigError(
+        f"{path!r} cannot be trained with OFT: training supports the attention projections (attn1/attn2 to_q, to_k, "
+        "to_v, to_out.0) and the feed-forward layers (ff.net.0.proj, ff.net.2) of transformer blocks; any linear "
+        "layer can still be loaded merged"
+    )
+
+
+class _RotatedParent(nn.Module):
+    """Adopts a parent module's children and routes some of its linear layers through rotations."""
 
     def __init__(
         self,
-        base: nn.Module,
-        rotation: OFTRotation,
-        strength: float = 1.0,
+        parent: nn.Module,
+        rotations: Mapping[str, OFTRotation],
+        weights_of: WeightsOf = plain_weights,
         neumann_terms: int | None = None,
     ) -> None:
         super().__init__()
-        # Not a registered child: the module tree keeps exactly the paths it had.
-        object.__setattr__(self, "base_layer", base)
-        self.in_features = base.in_features
-        self.out_features = base.out_features
-        self.oft = rotation
-        self.strength = float(strength)
+        object.__setattr__(self, "base_module", parent)
+        for name, child in parent.named_children():
+            if name == OFT_CHILD:
+                raise OFTConfigError(f"{type(parent).__name__} already has a child named {OFT_CHILD!r}")
+            self.add_module(name, child)
+        for name in rotations:
+            layer = parent.get_submodule(name)
+            if not hasattr(layer, "weight"):
+                raise OFTConfigError(f"{name} of {type(parent).__name__} is not a linear layer")
+        self.oft = nn.ModuleDict({name.replace(".", "__"): rotation for name, rotation in rotations.items()})
+        self.weights_of = weights_of
         self.neumann_terms = neumann_terms
-        self.train(base.training)
+        self.train(parent.training)
+        self._register_state_dict_hook(_drop_rotations)
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _DELEGATED:
-            return getattr(object.__getattribute__(self, "base_layer"), name)
-        return super().__getattr__(name)
+    def rotated(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Child layer ``name`` applied to ``x``, through its rotation if it has one."""
+        layer = self.get_submodule(name)
+        key = name.replace(".", "__")
+        if key not in self.oft:
+            return layer(x)
+        weight, bias = self.weights_of(layer, x)
+        return self.oft[key].linear(x, weight, bias, 1.0, self.neumann_terms)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _DELEGATED:
-            setattr(self.base_layer, name, value)
-        else:
-            super().__setattr__(name, value)
 
-    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "OFTLinear":
-        # Moving the model (ComfyUI's full load) must move the wrapped layer too.
-        super()._apply(fn, recurse)
-        self.base_layer._apply(fn, recurse)
-        return self
+def _drop_rotations(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    # Saving the model while training must not pick up the rotations as model weights.
+    for key in [k for k in state_dict if k.startswith(prefix + OFT_CHILD + ".")]:
+        del state_dict[key]
+
+
+class OFTCrossAttention(_RotatedParent):
+    """An attention module (``to_q``, ``to_k``, ``to_v``, ``to_out``) with rotated projections."""
+
+    def __init__(
+        self,
+        parent: nn.Module,
+        rotations: Mapping[str, OFTRotation],
+        attention: AttentionFn,
+        weights_of: WeightsOf = plain_weights,
+        neumann_terms: int | None = None,
+    ) -> None:
+        super().__init__(parent, rotations, weights_of, neumann_terms)
+        self.heads = parent.heads
+        self.attn_precision = getattr(parent, "attn_precision", None)
+        self.attention = attention
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        transformer_options: dict[str, Any] = {},
+    ) -> torch.Tensor:
+        q = self.rotated("to_q", x)
+        context = x if context is None else context
+        k = self.rotated("to_k", context)
+        v = self.rotated("to_v", value if value is not None else context)
+        out = self.attention(q, k, v, self.heads, mask, self.attn_precision, transformer_options)
+        out = self.rotated("to_out.0", out)
+        return self.to_out[1](out) if len(self.to_out) > 1 else out
+
+
+class OFTFeedForward(_RotatedParent):
+    """A feed-forward block (``net = [GEGLU(proj), dropout, out]``) with rotated ``proj`` and/or ``out``."""
+
+    def __init__(
+        self,
+        parent: nn.Module,
+        rotations: Mapping[str, OFTRotation],
+        weights_of: WeightsOf = plain_weights,
+        neumann_terms: int | None = None,
+    ) -> None:
+        if "net.0.proj" in rotations and not hasattr(parent.net[0], "proj"):
+            raise OFTConfigError("ff.net.0.proj: this feed-forward block has no GEGLU projection")
+        super().__init__(parent, rotations, weights_of, neumann_terms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.oft.linear(
-            x, self.base_layer.weight, getattr(self.base_layer, "bias", None), self.strength, self.neumann_terms
-        )
+        if "net__0__proj" in self.oft:
+            h, gate = self.rotated("net.0.proj", x).chunk(2, dim=-1)
+            h = h * F.gelu(gate)
+        else:
+            h = self.net[0](x)
+        return self.rotated("net.2", self.net[1](h))
+
+
+def rotated_module(
+    name: str,
+    module: nn.Module,
+    rotations: Mapping[str, OFTRotation],
+    attention: AttentionFn,
+    weights_of: WeightsOf = plain_weights,
+    neumann_terms: int | None = None,
+) -> _RotatedParent:
+    """The training wrapper for a block's ``attn1``/``attn2``/``ff`` with these rotated layers."""
+    if name in ("attn1", "attn2"):
+        return OFTCrossAttention(module, rotations, attention, weights_of, neumann_terms)
+    if name == "ff":
+        return OFTFeedForward(module, rotations, weights_of, neumann_terms)
+    raise OFTConfigError(f"no OFT training wrapper for {name!r}")

@@ -15,11 +15,12 @@ the written value (REFERENCE.md section 1).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .sites import base_block, is_resblock, is_transformer_block
 from .tap_adapter import TapAdapter
@@ -30,27 +31,44 @@ _TRANSFORMER_ATTRS = ("n_heads", "d_head", "attn_precision", "disable_self_attn"
 
 
 class _TappedBlock(nn.Module):
-    """Shared machinery: adopt the base block's children, hold adapters and strengths."""
+    """Shared machinery: adopt the base block's children, hold adapters and strengths.
+
+    ``children`` replaces the children taken from the block (the same names): the host
+    passes the originals it resolved itself, or training wrappers around them (OFT). With
+    ``checkpointing`` the block recomputes its activations in the backward pass instead
+    of storing them (gradient checkpointing).
+    """
 
     site_kind: SiteKind
     positions: tuple[str, ...]
 
-    def __init__(self, block: nn.Module, taps: Sequence[tuple[TapAdapter, float]]) -> None:
+    def __init__(
+        self,
+        block: nn.Module,
+        taps: Sequence[tuple[TapAdapter, float]],
+        children: Mapping[str, nn.Module] | None = None,
+        checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         if list(block.parameters(recurse=False)) or list(block.buffers(recurse=False)):
             raise TapConfigError(f"{type(block).__name__} holds tensors of its own; it cannot be tapped")
         # Kept out of the module tree on purpose: its children are adopted below, so the
         # tree (and every weight path) stays exactly the base block's.
         object.__setattr__(self, "base_block", block)
-        for name, child in block.named_children():
+        own = dict(block.named_children())
+        chosen = dict(own) if children is None else dict(children)
+        if set(chosen) != set(own):
+            raise TapConfigError(f"children {sorted(chosen)} do not match the block's {sorted(own)}")
+        for name in own:  # the block's order, so that module walks see the same tree
             if name == TAP_CHILD:
                 raise TapConfigError(f"{type(block).__name__} already has a child named {TAP_CHILD!r}")
-            self.add_module(name, child)
+            self.add_module(name, chosen[name])
         for adapter, _ in taps:
             if adapter.config.site_kind is not self.site_kind:
                 raise TapConfigError(f"a {adapter.config.point} adapter cannot sit in a {self.site_kind.value} block")
         self.taptune = nn.ModuleList([adapter for adapter, _ in taps])
         self.strengths: tuple[float, ...] = tuple(float(s) for _, s in taps)
+        self.checkpointing = checkpointing
         self._readers: dict[str, list[int]] = {}
         self._writers: dict[str, list[int]] = {}
         for i, (adapter, _) in enumerate(taps):
@@ -65,17 +83,28 @@ class _TappedBlock(nn.Module):
         return list(zip(self.taptune, self.strengths, strict=True))
 
     @classmethod
-    def wrap(cls, block: nn.Module, taps: Sequence[tuple[TapAdapter, float]]) -> "_TappedBlock":
+    def wrap(
+        cls,
+        block: nn.Module,
+        taps: Sequence[tuple[TapAdapter, float]],
+        children: Mapping[str, nn.Module] | None = None,
+        checkpointing: bool | None = None,
+    ) -> "_TappedBlock":
         """A new tapped block over ``block``; if ``block`` is already tapped, the adapters stack.
 
-        The given block (tapped or not) is never changed.
+        The given block (tapped or not) is never changed. ``children`` and
+        ``checkpointing`` default to those of an already tapped block.
         """
         # Duck-typed rather than isinstance: a block tapped by another copy of this
         # package (two installs, or a test harness) must stack just the same.
-        existing: list[tuple[TapAdapter, float]] = (
-            list(getattr(block, "taps", [])) if hasattr(block, "base_block") else []
-        )
-        return cls(base_block(block), existing + list(taps))
+        tapped = hasattr(block, "base_block")
+        existing: list[tuple[TapAdapter, float]] = list(getattr(block, "taps", [])) if tapped else []
+        if children is None and tapped:
+            children = dict(block.named_children())
+            children.pop(TAP_CHILD, None)
+        if checkpointing is None:
+            checkpointing = bool(getattr(block, "checkpointing", False))
+        return cls(base_block(block), existing + list(taps), children, checkpointing)
 
     def _visit(self, position: str, value: torch.Tensor, reads: list[torch.Tensor | None]) -> torch.Tensor:
         for i in self._readers.get(position, ()):
@@ -85,6 +114,11 @@ class _TappedBlock(nn.Module):
             coefficient = self.strengths[i] * adapter.config.scale
             value = value + coefficient * adapter(reads[i])
         return value
+
+    def _maybe_checkpointed(self, run: Any, *args: Any) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(run, *args, use_reentrant=False)
+        return run(*args)
 
 
 def _drop_tap_tensors(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
@@ -112,7 +146,13 @@ class TappedTransformerBlock(_TappedBlock):
     site_kind = SiteKind.TRANSFORMER
     positions = TRANSFORMER_ORDER
 
-    def __init__(self, block: nn.Module, taps: Sequence[tuple[TapAdapter, float]]) -> None:
+    def __init__(
+        self,
+        block: nn.Module,
+        taps: Sequence[tuple[TapAdapter, float]],
+        children: Mapping[str, nn.Module] | None = None,
+        checkpointing: bool = False,
+    ) -> None:
         if not is_transformer_block(block):
             raise TapConfigError(f"{type(block).__name__} is not a transformer block")
         if getattr(block, "ff_in", False) or not getattr(block, "is_res", True) or block.attn2 is None:
@@ -122,7 +162,7 @@ class TappedTransformerBlock(_TappedBlock):
             )
         if getattr(block, "switch_temporal_ca_to_sa", False):
             raise TapConfigError("temporal transformer blocks are not supported")
-        super().__init__(block, taps)
+        super().__init__(block, taps, children, checkpointing)
         for name in _TRANSFORMER_ATTRS:
             setattr(self, name, getattr(block, name, None))
 
@@ -153,6 +193,11 @@ class TappedTransformerBlock(_TappedBlock):
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, transformer_options: dict[str, Any] = {}
     ) -> torch.Tensor:
+        # A snapshot: the UNet keeps changing "block"/"block_index" in the shared dict, and a
+        # checkpointed recomputation must see the values of this call.
+        return self._maybe_checkpointed(self._run, x, context, dict(transformer_options))
+
+    def _run(self, x: torch.Tensor, context: torch.Tensor | None, transformer_options: dict[str, Any]) -> torch.Tensor:
         patches = transformer_options.get("patches", {})
         extra = {k: v for k, v in transformer_options.items() if k not in ("patches", "patches_replace")}
         extra["n_heads"] = self.n_heads
@@ -210,13 +255,24 @@ class TappedResBlock(_TappedBlock):
     site_kind = SiteKind.RESBLOCK
     positions = RESBLOCK_ORDER
 
-    def __init__(self, block: nn.Module, taps: Sequence[tuple[TapAdapter, float]]) -> None:
+    def __init__(
+        self,
+        block: nn.Module,
+        taps: Sequence[tuple[TapAdapter, float]],
+        children: Mapping[str, nn.Module] | None = None,
+        checkpointing: bool = False,
+    ) -> None:
         if not is_resblock(block):
             raise TapConfigError(f"{type(block).__name__} is not a ResBlock")
-        super().__init__(block, taps)
+        if children is not None and any(children[n] is not c for n, c in block.named_children()):
+            raise TapConfigError("a ResBlock runs its own children; they cannot be replaced")
+        super().__init__(block, taps, children, checkpointing)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self._maybe_checkpointed(self._run, x, emb)
+
+    def _run(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         reads: list[torch.Tensor | None] = [None] * len(self.taptune)
         x = self._visit("resi", x, reads)
-        out = self.base_block(x, emb, *args, **kwargs)
+        out = self.base_block(x, emb)
         return self._visit("reso", out, reads)

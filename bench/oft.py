@@ -42,6 +42,18 @@ class LoRALinear(nn.Module):
         return F.linear(x, base.weight, base.bias) + F.linear(F.linear(x, self.down), self.up)
 
 
+class RotatedLinear(nn.Module):
+    """A single layer through TapTune's OFT training path (for the layer-level timing)."""
+
+    def __init__(self, base: nn.Module, rotation: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "base_layer", base)
+        self.rotation = rotation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rotation.linear(x, self.base_layer.weight, self.base_layer.bias)
+
+
 class NaiveOFTLinear(nn.Module):
     """The official code's OFT forward: dense block-diagonal R and a dense ``W R^T`` every call."""
 
@@ -104,7 +116,9 @@ def layer_steps(layers: dict[str, tuple[int, int]], tokens: dict[str, int], make
     return step
 
 
-def token_counts(model: Any, layers: dict[str, tuple[int, int]], x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor) -> dict[str, int]:
+def token_counts(
+    model: Any, layers: dict[str, tuple[int, int]], x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor
+) -> dict[str, int]:
     """How many tokens each target layer sees in one UNet step (recorded with forward hooks)."""
     import comfy.model_management
 
@@ -138,9 +152,8 @@ def main() -> None:
 
     from devtools.checkpoints import SD15_FULL, build_model_patcher
     from taptune.adapter_core import OFTAdapterSet, OFTConfig
-    from taptune.adapter_core.oft_layer import OFTLinear
     from taptune.patching.model_access import model_linear_layers
-    from taptune.patching.oft_patches import with_oft_merged
+    from taptune.patching.oft_patches import with_oft_merged, with_oft_trainable
 
     torch.manual_seed(0)
     base = build_model_patcher("SD15", SD15_FULL, seed=0)
@@ -161,24 +174,38 @@ def main() -> None:
     ctx = torch.randn(2, 77, 768, generator=g)
     tokens = token_counts(base, layers, x, sigma, ctx)
 
-    def make_oft(layer: nn.Module, path: str | None = None) -> nn.Module:
-        in_features = layer.in_features
-        return OFTLinear(layer, OFTAdapterSet.create({"x": (in_features, layer.out_features)}, OFTConfig(r=4, coft=True)).rotations["x"])
+    def make_oft(layer: nn.Module) -> nn.Module:
+        return RotatedLinear(
+            layer,
+            OFTAdapterSet.create({"x": (layer.in_features, layer.out_features)}, OFTConfig(r=4, coft=True)).rotations[
+                "x"
+            ],
+        )
 
-    results: dict[str, Any] = {"parameters_by_r": parameters, "oft_r4_parameters": oft_set.num_parameters(), "lora_parameters": lora_parameters}
+    results: dict[str, Any] = {
+        "parameters_by_r": parameters,
+        "oft_r4_parameters": oft_set.num_parameters(),
+        "lora_parameters": lora_parameters,
+    }
     rank_by_shape = {(i, o): ranks[p] for p, (i, o) in layers.items()}
     makers = {
         "oft": make_oft,
         "lora": lambda layer: LoRALinear(layer, rank_by_shape[(layer.in_features, layer.out_features)]),
         "naive_oft": lambda layer: NaiveOFTLinear(layer, 4),
     }
-    layer_times = interleaved({name: layer_steps(layers, tokens, make) for name, make in makers.items()}, args.rounds + 1)
+    layer_times = interleaved(
+        {name: layer_steps(layers, tokens, make) for name, make in makers.items()}, args.rounds + 1
+    )
     results["layer_seconds"] = {name: statistics.median(t[1:]) for name, t in layer_times.items()}
 
     if not args.skip_unet:
         steps = {}
         for name, make in makers.items():
-            clone, params = patched_with(base, make, layers)
+            if name == "oft":
+                trainable = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=True))
+                clone, params = with_oft_trainable(base, trainable), trainable.parameters()
+            else:
+                clone, params = patched_with(base, make, layers)
             steps[name] = train_step(clone, params, x, sigma, ctx)
         with torch.inference_mode(False), torch.enable_grad():
             unet_times = interleaved(steps, args.rounds + 1)
@@ -195,7 +222,9 @@ def main() -> None:
         negative = [[torch.randn(1, 77, 768, generator=g), {}]]
 
         def sample(model: Any) -> Any:
-            return lambda: comfy.sample.sample(model, noise, 2, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=1)
+            return lambda: comfy.sample.sample(
+                model, noise, 2, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=1
+            )
 
         with torch.inference_mode():
             sample_times = interleaved({"base": sample(base), "merged_oft": sample(merged)}, args.rounds + 1)

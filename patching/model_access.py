@@ -13,7 +13,7 @@ from torch import nn
 
 from ..adapter_core.base_fingerprint import base_fingerprint
 from ..adapter_core.oft_set import LayerShape, find_oft_targets
-from ..adapter_core.sites import TapSite, find_tap_sites
+from ..adapter_core.sites import TapSite, base_block, find_tap_sites
 
 DIFFUSION_PREFIX = "diffusion_model."
 
@@ -21,6 +21,22 @@ DIFFUSION_PREFIX = "diffusion_model."
 def model_object(model: Any, path: str) -> nn.Module:
     """The object at ``path`` inside ``diffusion_model`` as this clone sees it."""
     return model.get_model_object(DIFFUSION_PREFIX + path)
+
+
+def block_children(model: Any, path: str) -> dict[str, nn.Module]:
+    """The children a new wrapper over block ``path`` should adopt, as this clone sees them.
+
+    Never read through the live tree: it may hold another clone's wrapper with that clone's
+    children. The original block's own children are pristine (nothing here patches a
+    child path); a child path patched by someone else is read through ``get_model_object``.
+    """
+    original = base_block(model_object(model, path))
+    out = {}
+    for name, child in original.named_children():
+        key = f"{DIFFUSION_PREFIX}{path}.{name}"
+        patched = key in model.object_patches or key in model.object_patches_backup
+        out[name] = model.get_model_object(key) if patched else child
+    return out
 
 
 def diffusion_model(model: Any) -> nn.Module:

@@ -2,22 +2,26 @@
 
 For sampling, each rotation is merged into its layer's weight through ComfyUI's weight
 patching (``add_patches`` with a weight adapter): the merge runs once when the model is
-loaded, and every sampling step then costs what the base model costs. For training,
-each layer is replaced by an :class:`~adapter_core.oft_layer.OFTLinear` object patch so
-that gradients reach the rotation.
+loaded, and every sampling step then costs what the base model costs. For training, the
+attention / feed-forward modules holding the layers are replaced (object patches) by the
+wrappers of :mod:`adapter_core.oft_layer`, so that gradients reach the rotations.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
+import comfy.ldm.modules.attention as attention
+import comfy.ops
 import torch
 from comfy.weight_adapter.base import WeightAdapterBase
 
-from ..adapter_core.oft import OFTRotation
-from ..adapter_core.oft_layer import OFTLinear
+from ..adapter_core.oft import OFTConfigError, OFTRotation
+from ..adapter_core.oft_layer import plain_weights, rotated_module, split_layer_path
 from ..adapter_core.oft_set import OFTAdapterSet
-from .model_access import DIFFUSION_PREFIX, model_linear_layers, model_object
+from ..adapter_core.tapped_blocks import TAP_CHILD, TappedTransformerBlock
+from .model_access import DIFFUSION_PREFIX, block_children, model_linear_layers, model_object
 
 
 class OFTWeightPatch(WeightAdapterBase):
@@ -72,12 +76,56 @@ def with_oft_merged(model: Any, oft_set: OFTAdapterSet, strength: float = 1.0) -
     return patched
 
 
+def comfy_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    mask: torch.Tensor | None,
+    attn_precision: Any,
+    transformer_options: dict[str, Any],
+) -> torch.Tensor:
+    """ComfyUI's own attention kernel, as its CrossAttention calls it (looked up at call time)."""
+    if mask is None:
+        return attention.optimized_attention(
+            q, k, v, heads, attn_precision=attn_precision, transformer_options=transformer_options
+        )
+    return attention.optimized_attention_masked(
+        q, k, v, heads, mask, attn_precision=attn_precision, transformer_options=transformer_options
+    )
+
+
+def comfy_weights(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer's effective weight for ``x``: ComfyUI's casting, offloading and weight functions applied."""
+    if hasattr(layer, "comfy_cast_weights"):
+        return comfy.ops.cast_bias_weight(layer, x)
+    return plain_weights(layer, x)
+
+
 def with_oft_trainable(model: Any, oft_set: OFTAdapterSet, neumann_terms: int | None = None) -> Any:
-    """A clone of ``model`` whose target layers compute through ``oft_set`` with gradients."""
+    """A clone of ``model`` whose target layers compute through ``oft_set`` with gradients.
+
+    Each transformer block holding target layers is replaced (one object patch) by a tapped
+    block whose ``attn1``/``attn2``/``ff`` are training wrappers around the originals; the
+    rotations are shared with ``oft_set``.
+    """
     check_oft_fits(model, oft_set)
-    patched = model.clone()
+    grouped: dict[str, dict[str, dict[str, OFTRotation]]] = defaultdict(lambda: defaultdict(dict))
     for path, rotation in oft_set.rotations.items():
-        base = model_object(patched, path)
-        base = getattr(base, "base_layer", base)
-        patched.add_object_patch(DIFFUSION_PREFIX + path, OFTLinear(base, rotation, 1.0, neumann_terms))
+        block, module, layer = split_layer_path(path)
+        grouped[block][module][layer] = rotation
+    patched = model.clone()
+    for block, modules in grouped.items():
+        current = model_object(patched, block)
+        if hasattr(current, "base_block"):
+            children = {n: c for n, c in current.named_children() if n != TAP_CHILD}
+        else:
+            children = block_children(patched, block)
+        for name, rotations in modules.items():
+            if hasattr(children[name], "base_module"):
+                raise OFTConfigError(f"{block}.{name} is already being trained with OFT in this MODEL")
+            children[name] = rotated_module(
+                name, children[name], rotations, comfy_attention, comfy_weights, neumann_terms
+            )
+        patched.add_object_patch(DIFFUSION_PREFIX + block, TappedTransformerBlock.wrap(current, [], children))
     return patched

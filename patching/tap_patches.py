@@ -9,7 +9,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock
 from ..adapter_core.sites import SiteKind
 from ..adapter_core.tap_set import TapAdapterSet
 from ..adapter_core.tapped_blocks import TappedResBlock, TappedTransformerBlock
-from .model_access import DIFFUSION_PREFIX, model_object, model_sites
+from .model_access import DIFFUSION_PREFIX, block_children, model_object, model_sites
 
 
 class ComfyTappedResBlock(TappedResBlock, TimestepBlock):
@@ -30,6 +30,28 @@ def with_tap_adapters(model: Any, tap_set: TapAdapterSet, strength: float = 1.0)
         return patched
     for path, adapter in tap_set.adapters.items():
         current = model_object(patched, path)
-        wrapper = TappedTransformerBlock if adapter.config.site_kind is SiteKind.TRANSFORMER else ComfyTappedResBlock
-        patched.add_object_patch(DIFFUSION_PREFIX + path, wrapper.wrap(current, [(adapter, strength)]))
+        if adapter.config.site_kind is SiteKind.TRANSFORMER:
+            # Our own wrapper keeps its children; an original block gets them resolved.
+            children = None if hasattr(current, "base_block") else block_children(patched, path)
+            wrapper = TappedTransformerBlock.wrap(current, [(adapter, strength)], children)
+        else:
+            wrapper = ComfyTappedResBlock.wrap(current, [(adapter, strength)])
+        patched.add_object_patch(DIFFUSION_PREFIX + path, wrapper)
+    return patched
+
+
+def with_gradient_checkpointing(model: Any) -> Any:
+    """A clone of ``model`` whose transformer blocks and ResBlocks recompute activations in backward.
+
+    Blocks already wrapped by this clone (adapters, OFT training) keep what they hold.
+    """
+    patched = model.clone()
+    for site in model_sites(patched):
+        current = model_object(patched, site.path)
+        if site.kind is SiteKind.TRANSFORMER:
+            children = None if hasattr(current, "base_block") else block_children(patched, site.path)
+            wrapper = TappedTransformerBlock.wrap(current, [], children, checkpointing=True)
+        else:
+            wrapper = ComfyTappedResBlock.wrap(current, [], checkpointing=True)
+        patched.add_object_patch(DIFFUSION_PREFIX + site.path, wrapper)
     return patched

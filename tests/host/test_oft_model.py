@@ -259,3 +259,28 @@ def test_import_node_checks_the_fit_and_records_the_base(sd15, adapters_dir, tmp
     torch.save(state, tmp_path / "wrong.bin")
     with pytest.raises(ValueError, match=r"TapTuneImportOFT: input 'source': .*input width 320 but the layer has 640"):
         TapTuneImportOFT.execute(str(tmp_path / "wrong.bin"), "imported/oft", 0, model)
+
+
+def test_a_clone_never_sees_another_clones_object_patches(sd15):
+    """Building patches while another clone's wrappers sit in the shared model reads the originals."""
+    from taptune.adapter_core import TapAdapterSet, TapConfig
+    from taptune.patching.model_access import model_sites
+    from taptune.patching.tap_patches import with_tap_adapters
+
+    model = sd15[0]
+    layers = model_linear_layers(model, "attention")
+    oft_set = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=False))
+    with torch.no_grad():
+        for rotation in oft_set.rotations.values():
+            rotation.P.normal_(0, 0.02)
+    x, sigma, ctx, _ = fixed_inputs(768, seed=12)
+    base = unet_output(model, x, sigma, ctx)
+    trainable = with_oft_trainable(model, oft_set)
+    tap_set = TapAdapterSet.create(model_sites(model), TapConfig("attn2o", "ffni", mid_dim=8), init="paper", seed=1)
+    tapped = with_tap_adapters(model, tap_set)
+    training_out = unet_output(trainable, x, sigma, ctx)  # its OFT wrappers are now in the shared model
+    merged = with_oft_merged(model, oft_set)  # weight keys must still be found
+    also_tapped = with_tap_adapters(model, tap_set)  # originals, not the other clone's wrappers
+    assert relative_error(unet_output(merged, x, sigma, ctx), training_out) < 1e-5
+    assert torch.equal(unet_output(also_tapped, x, sigma, ctx), unet_output(tapped, x, sigma, ctx))
+    assert torch.equal(unet_output(model, x, sigma, ctx), base)

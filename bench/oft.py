@@ -154,6 +154,7 @@ def main() -> None:
     from taptune.adapter_core import OFTAdapterSet, OFTConfig
     from taptune.patching.model_access import model_linear_layers
     from taptune.patching.oft_patches import with_oft_merged, with_oft_trainable
+    from taptune.training.loop import release
 
     torch.manual_seed(0)
     base = build_model_patcher("SD15", SD15_FULL, seed=0)
@@ -200,16 +201,20 @@ def main() -> None:
 
     if not args.skip_unet:
         steps = {}
+        clones = []
         for name, make in makers.items():
             if name == "oft":
                 trainable = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=True))
                 clone, params = with_oft_trainable(base, trainable), trainable.parameters()
             else:
                 clone, params = patched_with(base, make, layers)
+            clones.append(clone)
             steps[name] = train_step(clone, params, x, sigma, ctx)
         with torch.inference_mode(False), torch.enable_grad():
             unet_times = interleaved(steps, args.rounds + 1)
         results["unet_step_seconds"] = {name: statistics.median(t[1:]) for name, t in unet_times.items()}
+        for clone in clones:
+            release(clone)  # unload: their object patches leave the shared model
 
         trained = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=False))
         with torch.no_grad():

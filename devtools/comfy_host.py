@@ -128,14 +128,18 @@ class Host:
 
         self.server = RecordingServer()
         self.progress: list[tuple[Any, int, int, Any]] = []
+        #: Called on every progress update (tests use it to press Cancel at a chosen step).
+        self.on_progress: Any = None
 
         def hook(value: int, total: int, preview: Any, prompt_id: Any = None, node_id: Any = None) -> None:
             # What main.py's progress hook does, minus the websocket: check for Cancel, record.
             context = get_executing_context()
             if node_id is None and context is not None:
                 node_id = context.node_id
-            comfy.model_management.throw_exception_if_processing_interrupted()
             self.progress.append((node_id, value, total, preview))
+            if self.on_progress is not None:
+                self.on_progress(node_id, value, total)
+            comfy.model_management.throw_exception_if_processing_interrupted()
             get_progress_state().update_progress(node_id, value, total, preview)
 
         comfy.utils.set_progress_bar_global_hook(hook)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from .class_images import TapTuneClassImages
 from .common import register_model_folder
 from .convert import TapTuneImportOfficialAdapters
+from .image_folder import TapTuneLoadImageFolder
 from .load_adapter import TapTuneAdapterInfo, TapTuneLoadAdapter
 from .oft import TapTuneExportOFTAsLoRA, TapTuneImportOFT
+from .save_adapter import TapTuneSaveAdapter
+from .specs import TapTuneOFTSpec, TapTuneTapSpec
+from .train import TapTuneDreamBoothTrain
 
 __all__ = ["TapTuneExtension", "node_classes", "register_model_folder"]
 
@@ -20,6 +25,12 @@ def node_classes() -> list[type[io.ComfyNode]]:
         TapTuneImportOfficialAdapters,
         TapTuneImportOFT,
         TapTuneExportOFTAsLoRA,
+        TapTuneTapSpec,
+        TapTuneOFTSpec,
+        TapTuneClassImages,
+        TapTuneLoadImageFolder,
+        TapTuneDreamBoothTrain,
+        TapTuneSaveAdapter,
     ]
 
 

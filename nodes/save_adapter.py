@@ -1,0 +1,56 @@
+"""TapTuneSaveAdapter: write a trained adapter into models/adapters, atomically."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from comfy_api.v0_0_2 import io, ui
+
+from ..adapter_core.file_format import numbered_path, save_adapter_file
+from ..training.trained_adapter import TrainedAdapter
+from .common import CATEGORY_TRAIN, NodeInputError, TapTuneAdapter, adapter_name_of, adapters_output_folder
+
+NODE = "TapTuneSaveAdapter"
+
+
+class TapTuneSaveAdapter(io.ComfyNode):
+    """Save a trained adapter as a shareable .safetensors file (taptune/1 format)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE,
+            display_name="TapTune Save Adapter",
+            category=CATEGORY_TRAIN,
+            description=(
+                "Writes the trained adapter to models/adapters/<prefix>_<counter>.safetensors (atomically: a crash never "
+                "leaves half a file), with its configuration, trigger word, class word, base architecture, steps and "
+                "final loss in the metadata. TapTuneLoadAdapter loads it in any workflow."
+            ),
+            inputs=[
+                TapTuneAdapter.Input("adapter", tooltip="From TapTuneDreamBoothTrain."),
+                io.String.Input(
+                    "filename_prefix", default="taptune/adapter", tooltip="Subfolders allowed; a counter is appended."
+                ),
+            ],
+            outputs=[
+                io.String.Output(display_name="adapter_name", tooltip="The file, as TapTuneLoadAdapter lists it.")
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, adapter: Any, filename_prefix: str = "taptune/adapter") -> io.NodeOutput:
+        if not isinstance(adapter, TrainedAdapter) and not hasattr(adapter, "to_file"):
+            raise NodeInputError(NODE, "adapter", "connect the adapter output of TapTuneDreamBoothTrain")
+        try:
+            target = numbered_path(adapters_output_folder(), filename_prefix)
+        except ValueError as exc:
+            raise NodeInputError(NODE, "filename_prefix", str(exc)) from None
+        save_adapter_file(target, adapter.to_file())
+        name = adapter_name_of(target)
+        info = adapter.info
+        summary = f"saved models/adapters/{name}: {adapter.kind}, {adapter.adapter_set.num_parameters():,} parameters"
+        if info.get("steps") is not None:
+            summary += f", {info['steps']} steps, final loss {info.get('final_loss')}"
+        return io.NodeOutput(name, ui=ui.PreviewText(summary))

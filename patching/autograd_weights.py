@@ -1,0 +1,53 @@
+"""Fresh, autograd-capable copies of a MODEL's weights for the length of a training run.
+
+ComfyUI creates models inside ``torch.inference_mode()``; their weights are inference
+tensors, which autograd can never save for a backward pass (not even after their data is
+replaced). So the training clone gets a weight patch on every UNet weight that leaves
+the value unchanged: ComfyUI's own loading then puts a new tensor (made outside inference
+mode) in place of each weight, and its unloading puts the originals back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from comfy.weight_adapter.base import WeightAdapterBase
+
+from .model_access import DIFFUSION_PREFIX
+
+
+class SameValue(WeightAdapterBase):
+    """A weight patch whose result is the weight itself (only the tensor is new)."""
+
+    name = "taptune_same_value"
+
+    def __init__(self) -> None:
+        self.loaded_keys: set[str] = set()
+        self.weights: list[torch.Tensor] = []
+
+    def calculate_weight(
+        self,
+        weight: torch.Tensor,
+        key: str,
+        strength: float,
+        strength_model: float,
+        offset: Any,
+        function: Any,
+        intermediate_dtype: torch.dtype = torch.float32,
+        original_weight: Any = None,
+    ) -> torch.Tensor:
+        return weight
+
+
+def with_autograd_weights(model: Any) -> Any:
+    """A clone of ``model`` whose UNet weights are replaced by equal, autograd-capable tensors when loaded.
+
+    Load it outside inference mode. Adapter parameters (not in the model's state dict)
+    are left alone.
+    """
+    patched = model.clone()
+    buffers = {name for name, _ in patched.model.named_buffers()}
+    keys = [k for k in patched.model_state_dict(DIFFUSION_PREFIX) if k not in buffers]
+    patched.add_patches({key: SameValue() for key in keys}, 1.0)
+    return patched

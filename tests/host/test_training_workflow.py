@@ -1,0 +1,201 @@
+"""Training through ComfyUI's real executor: class images -> train -> save, then load and sample elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import comfy.model_management
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from training_helpers import smooth_image
+
+from taptune.training.class_images import ClassImageSettings, generate_class_images
+
+
+@pytest.fixture()
+def dog_folder(base_dir: Path) -> str:
+    """input/dog: three images with kohya-style captions."""
+    folder = base_dir / "input" / "dog"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        array = (smooth_image(i).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(folder / f"dog_{i}.png")
+        (folder / f"dog_{i}.txt").write_text(f"a photo of sks dog, view {i}")
+    return "dog"
+
+
+def sampling(model_ref, ckpt_ref, seed=5):
+    return {
+        "20": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of sks dog", "clip": [ckpt_ref, 1]}},
+        "21": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": [ckpt_ref, 1]}},
+        "22": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "23": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": model_ref,
+                "seed": seed,
+                "steps": 3,
+                "cfg": 5.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["20", 0],
+                "negative": ["21", 0],
+                "latent_image": ["22", 0],
+                "denoise": 1.0,
+            },
+        },
+        "24": {"class_type": "VAEDecode", "inputs": {"samples": ["23", 0], "vae": [ckpt_ref, 2]}},
+        "25": {"class_type": "PreviewImage", "inputs": {"images": ["24", 0]}},
+    }
+
+
+def training_graph(ckpt, folder, steps=3, **train_inputs):
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {
+            "class_type": "TapTuneClassImages",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "vae": ["1", 2],
+                "class_prompt": "a photo of dog",
+                "count": 2,
+                "seed": 0,
+                "steps": 2,
+                "cfg": 5.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "width": 64,
+                "height": 64,
+            },
+        },
+        "3": {
+            "class_type": "TapTuneLoadImageFolder",
+            "inputs": {"folder": folder, "resize_mode": "none", "resolution": 64, "require_captions": True},
+        },
+        "4": {
+            "class_type": "TapTuneTapSpec",
+            "inputs": {
+                "din": "attn2o",
+                "dout": "ffni",
+                "mid_dim": 16,
+                "method": "relu",
+                "scale": 1.0,
+                "blocks": "all",
+                "block_list": "",
+                "init": "zero_up",
+            },
+        },
+        "5": {
+            "class_type": "TapTuneDreamBoothTrain",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "vae": ["1", 2],
+                "spec": ["4", 0],
+                "instance_images": ["3", 0],
+                "instance_prompt": "a photo of sks dog",
+                "class_prompt": "a photo of dog",
+                "class_images": ["2", 0],
+                "prior_loss_weight": 1.0,
+                "steps": steps,
+                "learning_rate": 3e-3,
+                "batch_size": 1,
+                "seed": 0,
+                "resolution": 64,
+                "validation_prompt": "a photo of sks dog",
+                "validation_every": 2,
+                "validation_steps": 2,
+                **train_inputs,
+            },
+        },
+        "6": {"class_type": "TapTuneSaveAdapter", "inputs": {"adapter": ["5", 1], "filename_prefix": "test/dog"}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 2]}},
+    }
+    prompt.update(sampling(["5", 0], "1"))
+    return prompt
+
+
+def test_train_save_load_sample(host, sd15_checkpoint_name, dog_folder, adapters_dir):
+    host.progress.clear()
+    trained = host.run(training_graph(sd15_checkpoint_name, dog_folder))
+    assert trained.success, trained.error() or trained.validation_error
+    saved = trained.ui["outputs"]["6"]["text"][0]
+    name = "test/dog_00001.safetensors"
+    assert name in saved and (adapters_dir / name).exists()
+    with safe_open(str(adapters_dir / name), framework="pt") as f:
+        header = json.loads(f.metadata()["taptune"])
+    assert header["kind"] == "tap" and header["trigger_word"] == "sks" and header["class_word"] == "dog"
+    assert header["steps"] == 3 and np.isfinite(header["final_loss"]) and header["base"]["family"] == "SD15"
+    # Progress of the training node, with previews from the validation prompt.
+    training_updates = [p for p in host.progress if p[0] == "5"]
+    assert [p[1] for p in training_updates][-3:] == [1, 2, 3]
+    assert any(p[3] is not None and p[3][0] == "JPEG" for p in training_updates)
+    assert trained.output("5", 2).shape[-1] == 3  # the loss curve
+
+    loaded = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_checkpoint_name}},
+        "9": {"class_type": "TapTuneLoadAdapter", "inputs": {"model": ["1", 0], "adapter_name": name, "strength": 1.0}},
+    }
+    loaded.update(sampling(["9", 0], "1"))
+    again = host.run(loaded)
+    assert again.success, again.error()
+    assert torch.equal(again.output("24"), trained.output("24"))
+
+
+def test_cancel_hands_on_the_last_step_and_the_next_prompt_runs(host, sd15_checkpoint_name, dog_folder, adapters_dir):
+    base_graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_checkpoint_name}}}
+    base_graph.update(sampling(["1", 0], "1"))
+    before = host.run(base_graph).output("24")
+
+    def press_cancel(node_id, value, total):
+        if node_id == "5" and value == 2:
+            comfy.model_management.interrupt_current_processing(True)
+
+    host.on_progress = press_cancel
+    try:
+        result = host.run(training_graph(sd15_checkpoint_name, dog_folder, steps=20, validation_every=0))
+    finally:
+        host.on_progress = None
+    assert result.success, result.error()
+    with safe_open(str(adapters_dir / "test/dog_00001.safetensors"), framework="pt") as f:
+        header = json.loads(f.metadata()["taptune"])
+    assert header["steps"] == 2 and header["cancelled_at_step"] == 2
+    after = host.run(base_graph)
+    assert after.success
+    assert torch.equal(after.output("24"), before)
+
+
+def test_bad_training_input_names_the_node_and_input(host, sd15_checkpoint_name, dog_folder):
+    graph = training_graph(sd15_checkpoint_name, dog_folder, class_prompt="")
+    result = host.run(graph)
+    assert not result.success
+    error = result.error()
+    assert error["node_type"] == "TapTuneDreamBoothTrain"
+    assert "TapTuneDreamBoothTrain: input 'class_prompt': prior preservation is on" in error["exception_message"]
+    follow = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_checkpoint_name}}}
+    follow.update(sampling(["1", 0], "1"))
+    assert host.run(follow).success
+
+
+def test_class_images_are_cached_on_disk(sd15, tmp_path):
+    model, clip, vae = sd15
+    settings = ClassImageSettings("a photo of dog", "", 2, 3, 2, 5.0, "euler", "normal", 64, 64)
+    first, cached_first = generate_class_images(model, clip, vae, settings, tmp_path)
+    calls = []
+    second, cached_second = generate_class_images(
+        model, clip, vae, settings, tmp_path, progress=lambda *a: calls.append(a)
+    )
+    assert (cached_first, cached_second) == (False, True)
+    assert first.shape == (2, 64, 64, 3)
+    assert (second - first).abs().max() <= 1 / 255 + 1e-6  # PNG round trip
+    assert len(list(tmp_path.iterdir())) == 1
+    other, cached_other = generate_class_images(
+        model, clip, vae, ClassImageSettings(**{**settings.__dict__, "seed": 4}), tmp_path
+    )
+    assert not cached_other and len(list(tmp_path.iterdir())) == 2
+    assert (other - first).abs().max() > 1e-3

@@ -1,0 +1,84 @@
+"""Pictures a training run shows: the loss curve, and validation samples as previews."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def smooth(values: Sequence[float], factor: float = 0.9) -> list[float]:
+    """Exponential moving average, bias-corrected (what a loss plot usually shows)."""
+    out, average = [], 0.0
+    for i, value in enumerate(values):
+        average = factor * average + (1 - factor) * value
+        out.append(average / (1 - factor ** (i + 1)))
+    return out
+
+
+def loss_curve(losses: Sequence[float], width: int = 640, height: int = 320, title: str = "loss") -> Image.Image:
+    """The per-step loss (light) and its moving average (dark) on white, with the axis range."""
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 56, width - 12, 24, height - 28
+    draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
+    draw.text(
+        (left, 4), f"{title}: {len(losses)} steps" + (f", last {losses[-1]:.4f}" if losses else ""), fill=(0, 0, 0)
+    )
+    finite = [v for v in losses if np.isfinite(v)]
+    if not finite:
+        return image
+    low, high = min(finite), max(finite)
+    if high - low < 1e-12:
+        high = low + 1e-12
+    draw.text((4, top), f"{high:.3g}", fill=(90, 90, 90))
+    draw.text((4, bottom - 10), f"{low:.3g}", fill=(90, 90, 90))
+    draw.text((right - 40, bottom + 6), f"step {len(losses)}", fill=(90, 90, 90))
+
+    def points(values: Sequence[float]) -> list[tuple[float, float]]:
+        span = max(1, len(values) - 1)
+        return [
+            (left + (right - left) * i / span, bottom - (bottom - top) * (min(max(v, low), high) - low) / (high - low))
+            for i, v in enumerate(values)
+        ]
+
+    if len(finite) > 1:
+        draw.line(points(losses), fill=(160, 190, 230), width=1)
+        draw.line(points(smooth(losses)), fill=(20, 70, 160), width=2)
+    return image
+
+
+def to_image_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as a ComfyUI IMAGE batch ``[1, H, W, 3]`` in 0..1."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).unsqueeze(0)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """The first image of a ComfyUI IMAGE batch as PIL."""
+    array = (image[0, ..., :3].detach().float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def validation_sample(
+    model: Any,
+    vae: Any,
+    positive: list[Any],
+    negative: list[Any],
+    latent_shape: tuple[int, ...],
+    steps: int,
+    seed: int,
+    cfg: float = 7.0,
+) -> torch.Tensor:
+    """One image from ``model`` with ComfyUI's sampler (euler), fixed seed, decoded by ``vae``."""
+    import comfy.sample
+
+    latent = torch.zeros((1, *latent_shape))
+    noise = comfy.sample.prepare_noise(latent, seed)
+    with torch.no_grad():
+        samples = comfy.sample.sample(
+            model, noise, steps, cfg, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=seed
+        )
+        return vae.decode(samples)

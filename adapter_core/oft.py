@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,17 +80,48 @@ def skew(P: torch.Tensor) -> torch.Tensor:
     return (P - P.transpose(-1, -2)).mul_(0.5)
 
 
-def solve_blocks(A: torch.Tensor, B: torch.Tensor, left: bool = True) -> torch.Tensor:
-    """``A^-1 B`` (``left``) or ``B A^-1`` for a stack of blocks ``A`` (``(n, k, k)``).
+def _per_block(device: torch.device) -> bool:
+    # On the CPU, MKL's *batched* LU in the torch 2.14 kernels deadlocks (after printing
+    # "Parameter 6 was incorrect on entry to SLASWP") once torch.set_num_threads has been
+    # called, for blocks of 160 and more; single-matrix LU is safe. So the CPU inverts each
+    # block on its own (somewhat slower at these sizes); other devices batch.
+    return device.type == "cpu"
 
-    On the CPU the blocks are solved one by one: MKL's *batched* LU in the torch 2.14 CPU
-    kernels was seen to fail ("Parameter 6 was incorrect on entry to SLASWP") once a thread
-    count had been set explicitly, while single-matrix solves stay correct. The handful of
-    blocks per layer (r) makes the loop cheap.
+
+def inverse_blocks(A: torch.Tensor) -> torch.Tensor:
+    """The inverse of every block of a stack ``(n, k, k)``."""
+    if _per_block(A.device) and A.shape[0] > 1:
+        return torch.stack([torch.linalg.inv(block) for block in A])
+    return torch.linalg.inv(A)
+
+
+class SkewSystemSolve(torch.autograd.Function):
+    """``X = (I - c (P - P^T))^-1 B`` for a stack of blocks, with gradients to ``P`` and ``B``.
+
+    One node for what would otherwise be a skew, a scale, an identity, a solve and their
+    backward. The system ``I - S`` is well conditioned (its singular values are at least 1,
+    ``S`` being skew-symmetric), so the block inverses are formed once and everything else
+    is matrix products, which run far faster than triangular solves: ``dB = A^-T dX``,
+    ``dA = -dB X^T``, ``dP = c (dA^T - dA)``.
     """
-    if A.device.type == "cpu" and A.shape[0] > 1:
-        return torch.stack([torch.linalg.solve(A[i], B[i], left=left) for i in range(A.shape[0])])
-    return torch.linalg.solve(A, B, left=left)
+
+    @staticmethod
+    def forward(ctx: Any, P: torch.Tensor, B: torch.Tensor, c: float) -> torch.Tensor:
+        A = (P.transpose(-1, -2) - P).mul_(c)
+        A.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        inverse = inverse_blocks(A)
+        X = inverse @ B
+        ctx.save_for_backward(inverse, X)
+        ctx.c = c
+        return X
+
+    @staticmethod
+    def backward(ctx: Any, grad_X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        inverse, X = ctx.saved_tensors
+        grad_B = inverse.transpose(-1, -2) @ grad_X
+        grad_A = -(grad_B @ X.transpose(-1, -2))
+        grad_P = (grad_A.transpose(-1, -2) - grad_A).mul_(ctx.c)
+        return grad_P, grad_B, None
 
 
 def cayley(S: torch.Tensor) -> torch.Tensor:
@@ -99,7 +131,7 @@ def cayley(S: torch.Tensor) -> torch.Tensor:
     """
     work = S if S.dtype == torch.float64 else S.float()
     eye = torch.eye(work.shape[-1], dtype=work.dtype, device=work.device)
-    inverse = solve_blocks(eye + work, eye.expand_as(work).contiguous())
+    inverse = inverse_blocks(eye + work)
     return (2.0 * inverse - eye).to(S.dtype)
 
 
@@ -161,46 +193,71 @@ def rotate_input(x: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return rearrange(out, "... b k -> ... (b k)")
 
 
-def _inverse_apply(S: torch.Tensor, columns: torch.Tensor, neumann_terms: int | None) -> torch.Tensor:
-    """``(I - S)^-1 columns`` per block, exactly or by the Neumann series."""
-    if neumann_terms is not None:
-        return neumann_inverse_series(S, neumann_terms, columns)
-    eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
-    return solve_blocks(eye - S, columns)
+def _block_patterns(shared: bool, rows: str) -> tuple[str, str]:
+    # Rows of width b*k become columns of each k x k block (shared: all blocks side by side).
+    if shared:
+        return f"{rows} (b k) -> 1 k ({rows} b)", f"1 k ({rows} b) -> {rows} (b k)"
+    return f"{rows} (b k) -> b k {rows}", f"b k {rows} -> {rows} (b k)"
+
+
+def _inverse_apply(P: torch.Tensor, columns: torch.Tensor, c: float, neumann_terms: int | None) -> torch.Tensor:
+    """``(I - c (P - P^T))^-1 columns`` per block: one LU per block, or the Neumann series."""
+    if neumann_terms is None:
+        return SkewSystemSolve.apply(P, columns, c)
+    S = (P - P.transpose(-1, -2)).mul_(c)
+    return neumann_inverse_series(S, neumann_terms, columns)
+
+
+def rotate_input_from_raw(
+    x: torch.Tensor, P: torch.Tensor, strength: float = 1.0, neumann_terms: int | None = None
+) -> torch.Tensor:
+    """``R^T x`` per row vector for ``S = strength (P - P^T) / 2``, never forming ``R``.
+
+    ``R^T = 2 (I - S)^-1 - I``: one LU solve per block with the tokens as right-hand
+    sides. Forward and backward together cost about what a LoRA of the same size costs,
+    plus the LU itself.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    pattern, back = _block_patterns(P.shape[0] == 1, "n")
+    columns = rearrange(rows, pattern, k=P.shape[-1]).to(P.dtype) * 2.0
+    solved = rearrange(_inverse_apply(P, columns, 0.5 * strength, neumann_terms), back, n=rows.shape[0])
+    return (solved.to(x.dtype) - rows).reshape(x.shape)
+
+
+def rotate_weight_from_raw(
+    weight: torch.Tensor, P: torch.Tensor, strength: float = 1.0, neumann_terms: int | None = None
+) -> torch.Tensor:
+    """``W R^T`` for ``S = strength (P - P^T) / 2``: ``W R^T = 2 W (I - S)^-1 - W`` (rows as right-hand sides)."""
+    pattern, back = _block_patterns(P.shape[0] == 1, "o")
+    # W (I - S)^-1 = ((I - S)^-T W^T)^T = ((I + S)^-1 W^T)^T: the system with -c, rows as columns.
+    columns = rearrange(weight, pattern, k=P.shape[-1]).to(P.dtype) * 2.0
+    solved = rearrange(_inverse_apply(P, columns, -0.5 * strength, neumann_terms), back, o=weight.shape[0])
+    return solved.to(weight.dtype) - weight
 
 
 def rotate_input_from_generator(x: torch.Tensor, S: torch.Tensor, neumann_terms: int | None = None) -> torch.Tensor:
-    """``R^T x`` per row vector straight from ``S``, never forming ``R``.
-
-    ``R^T = 2 (I - S)^-1 - I``, so this is one LU solve per block with the tokens as
-    right-hand sides: with few tokens much cheaper than building ``R`` (k right-hand sides).
-    """
-    k = S.shape[-1]
-    rows = x.reshape(-1, x.shape[-1])
-    pattern, back = (
-        ("n (b k) -> 1 k (n b)", "1 k (n b) -> n (b k)")
-        if S.shape[0] == 1
-        else ("n (b k) -> b k n", "b k n -> n (b k)")
-    )
-    columns = rearrange(rows, pattern, k=k).to(S.dtype)
-    solved = _inverse_apply(S, columns, neumann_terms)
-    return (2.0 * rearrange(solved, back, n=rows.shape[0]).to(x.dtype) - rows).reshape(x.shape)
+    """``R^T x`` for a skew-symmetric generator ``S`` (``S = (S - S^T)/2``, so ``P = S`` works)."""
+    return rotate_input_from_raw(x, S, 1.0, neumann_terms)
 
 
 def rotate_weight_from_generator(
     weight: torch.Tensor, S: torch.Tensor, neumann_terms: int | None = None
 ) -> torch.Tensor:
-    """``W R^T`` straight from ``S``: ``W R^T = 2 W (I - S)^-1 - W`` (weight rows as right-hand sides)."""
-    k = S.shape[-1]
-    pattern, back = (
-        ("o (b k) -> 1 k (o b)", "1 k (o b) -> o (b k)")
-        if S.shape[0] == 1
-        else ("o (b k) -> b k o", "b k o -> o (b k)")
-    )
-    # W (I - S)^-1 = ((I - S)^-T W^T)^T = ((I + S)^-1 W^T)^T: solve with I + S, rows as columns.
-    columns = rearrange(weight, pattern, k=k).to(S.dtype)
-    solved = _inverse_apply(-S, columns, neumann_terms)
-    return 2.0 * rearrange(solved, back, o=weight.shape[0]).to(weight.dtype) - weight
+    """``W R^T`` for a skew-symmetric generator ``S``."""
+    return rotate_weight_from_raw(weight, S, 1.0, neumann_terms)
+
+
+def activation_side_is_cheaper(tokens: int, out_features: int, k: int, training: bool) -> bool:
+    """Whether to rotate the activations rather than the weight, by multiply-adds.
+
+    Without gradients: ``tokens * in * k`` against ``out * in * k``. With gradients the
+    weight side also needs the gradient of the rotated weight (``tokens * in * out``), while
+    either side's rotation costs about three times its forward: activations win when
+    ``tokens (3k - out) < 3 out k``, which holds for every size once ``r >= 3``.
+    """
+    if not training:
+        return tokens < out_features
+    return tokens * (3 * k - out_features) < 3 * out_features * k
 
 
 class OFTRotation(nn.Module):
@@ -298,20 +355,21 @@ class OFTRotation(nn.Module):
         """``diag(m) W R^T x + b`` with gradients to ``P`` (and ``m``): the training path.
 
         The rotation goes onto the activations or onto the weight, whichever costs less for
-        these shapes (``tokens * in * k`` versus ``out * in * k`` multiply-adds); either way it
-        is solved straight from ``S`` (one LU per block, ``R`` is never formed): see
-        :func:`rotate_input_from_generator` and :func:`rotate_weight_from_generator`.
+        these shapes (:func:`activation_side_is_cheaper`, backward included when training);
+        either way it is solved straight from ``S`` (one LU per block, ``R`` is never formed):
+        see :func:`rotate_input_from_generator` and :func:`rotate_weight_from_generator`.
         """
         weight = weight.to(device=x.device, dtype=x.dtype)
-        S = self.generator() if strength == 1.0 else self.generator() * strength
-        S = S.to(device=x.device)
+        P = (self.P if self.P.dim() == 3 else self.P.unsqueeze(0)).to(device=x.device)
         if x.dtype not in (torch.float32, torch.float64):
-            S = S.float()  # the solve needs fp32; the big matmul below stays in x's dtype
+            P = P.float()  # the solve needs fp32; the big matmul below stays in x's dtype
         tokens = x.numel() // x.shape[-1]
-        if tokens < weight.shape[0]:
-            y = F.linear(rotate_input_from_generator(x, S, neumann_terms), weight)
+        if activation_side_is_cheaper(
+            tokens, weight.shape[0], self.k, torch.is_grad_enabled() and self.P.requires_grad
+        ):
+            y = F.linear(rotate_input_from_raw(x, P, strength, neumann_terms), weight)
         else:
-            y = F.linear(x, rotate_weight_from_generator(weight, S, neumann_terms))
+            y = F.linear(x, rotate_weight_from_raw(weight, P, strength, neumann_terms))
         m = self.magnitude_at(strength)
         if m is not None:
             y = y * m.to(y)

@@ -34,11 +34,19 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]
     return statistics.median(times), times
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Time several variants in alternation (A B A B ...) so that machine noise hits all alike."""
+def interleaved(
+    fns: dict[str, Callable[[], Any]], rounds: int, before: dict[str, Callable[[], Any]] | None = None
+) -> dict[str, list[float]]:
+    """Time several variants in alternation (A B A B ...) so that machine noise hits all alike.
+
+    ``before[name]`` runs untimed ahead of each timing (e.g. loading that variant's model, so
+    that switching between clones is not counted as a sampling step).
+    """
     out: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            if before and name in before:
+                before[name]()
             start = time.perf_counter()
             fn()
             out[name].append(time.perf_counter() - start)

@@ -98,14 +98,19 @@ def train_step(model: Any, params: list[torch.Tensor], x: torch.Tensor, sigma: t
 
 
 def layer_steps(layers: dict[str, tuple[int, int]], tokens: dict[str, int], make: Any) -> Any:
-    """Forward + backward through every adapted layer alone, with its token count."""
+    """Forward + backward through every adapted layer alone, with its token count.
+
+    The input requires a gradient, as inside a UNet (every layer passes gradients on), so
+    ``frozen_only`` (the layer without any adapter) is the floor every variant pays.
+    """
     g = torch.Generator().manual_seed(0)
     items = []
     for path, (in_features, out_features) in layers.items():
         base = nn.Linear(in_features, out_features)
         base.requires_grad_(False)
         module = make(base)
-        items.append((module, torch.randn(tokens[path], in_features, generator=g), list(module.parameters())))
+        x = torch.randn(tokens[path], in_features, generator=g).requires_grad_(True)
+        items.append((module, x, [*module.parameters(), x]))
 
     def step() -> None:
         for module, x, params in items:
@@ -190,6 +195,7 @@ def main() -> None:
     }
     rank_by_shape = {(i, o): ranks[p] for p, (i, o) in layers.items()}
     makers = {
+        "frozen_only": lambda layer: layer,
         "oft": make_oft,
         "lora": lambda layer: LoRALinear(layer, rank_by_shape[(layer.in_features, layer.out_features)]),
         "naive_oft": lambda layer: NaiveOFTLinear(layer, 4),
@@ -203,6 +209,8 @@ def main() -> None:
         steps = {}
         clones = []
         for name, make in makers.items():
+            if name == "frozen_only":
+                continue
             if name == "oft":
                 trainable = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=True))
                 clone, params = with_oft_trainable(base, trainable), trainable.parameters()
@@ -231,16 +239,32 @@ def main() -> None:
                 model, noise, 2, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=1
             )
 
+        import comfy.model_management
+
+        loads = {
+            "base": lambda: comfy.model_management.load_models_gpu([base]),
+            "merged_oft": lambda: comfy.model_management.load_models_gpu([merged]),
+        }
         with torch.inference_mode():
-            sample_times = interleaved({"base": sample(base), "merged_oft": sample(merged)}, args.rounds + 1)
+            sample_times = interleaved(
+                {"base": sample(base), "merged_oft": sample(merged)}, args.rounds + 1, before=loads
+            )
         results["sampling_seconds_per_step"] = {name: statistics.median(t[1:]) / 2 for name, t in sample_times.items()}
 
     def ratio(table: str, a: str, b: str) -> float:
         return results[table][a] / results[table][b]
 
+    frozen = results["layer_seconds"]["frozen_only"]
+    results["layer_adapter_overhead_seconds"] = {
+        k: v - frozen for k, v in results["layer_seconds"].items() if k != "frozen_only"
+    }
     results["ratios"] = {
         "layers_oft_over_lora": ratio("layer_seconds", "oft", "lora"),
         "layers_naive_over_oft": ratio("layer_seconds", "naive_oft", "oft"),
+        "overhead_naive_over_oft": results["layer_adapter_overhead_seconds"]["naive_oft"]
+        / results["layer_adapter_overhead_seconds"]["oft"],
+        "overhead_oft_over_lora": results["layer_adapter_overhead_seconds"]["oft"]
+        / results["layer_adapter_overhead_seconds"]["lora"],
     }
     if "unet_step_seconds" in results:
         results["ratios"].update(

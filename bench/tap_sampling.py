@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
     args = parser.parse_args()
     setup_host()
+    import comfy.model_management
     import comfy.sample
     import torch
 
@@ -64,7 +65,11 @@ def main() -> None:
     with torch.inference_mode():
         run(base)()  # warm-up (and the first load of the model)
         run(adapted)()
-        times = interleaved({"base": run(base), "adapted": run(adapted)}, args.rounds)
+        loads = {
+            "base": lambda: comfy.model_management.load_models_gpu([base]),
+            "adapted": lambda: comfy.model_management.load_models_gpu([adapted]),
+        }
+        times = interleaved({"base": run(base), "adapted": run(adapted)}, args.rounds, before=loads)
     base_s = statistics.median(times["base"]) / args.steps
     adapted_s = statistics.median(times["adapted"]) / args.steps
     result = {

@@ -43,24 +43,20 @@ def demo_checkpoint(base: Path) -> Path:
     return path
 
 
-def demo_adapters(base: Path) -> None:
-    """Random demo adapter files (the paper's recipe; an OFT rotation) for the demo checkpoint."""
+def demo_inputs(base: Path) -> None:
+    """Random demo adapters for the demo checkpoint and a captioned image folder for training."""
     from devtools.checkpoints import SD15_SMALL, build_unet
+    from devtools.demo_files import DEMO_IMAGES, DEMO_TAP, write_demo_adapters, write_demo_images
 
     import_pack()
     import taptune.adapter_core as core
 
-    folder = base / "models" / "adapters"
-    folder.mkdir(parents=True, exist_ok=True)
-    tap_path = folder / "taptune-demo-tap.safetensors"
-    if tap_path.exists():
-        return
-    unet = build_unet(SD15_SMALL, seed=1234)
-    fingerprint = core.base_fingerprint("SD15", SD15_SMALL)
-    sites = core.find_tap_sites(unet)
-    tap_set = core.TapAdapterSet.create(sites, core.TapConfig("attn2o", "ffni"), init="paper", seed=7)
-    notes = "demo adapter with random weights (the paper's recipe layout), made by `make demo`"
-    core.save_adapter_file(tap_path, tap_set.to_file(base=fingerprint, trigger_word="sks", notes=notes))
+    if not (base / "models" / "adapters" / DEMO_TAP).exists():
+        write_demo_adapters(
+            base / "models" / "adapters", build_unet(SD15_SMALL, seed=1234), core.base_fingerprint("SD15", SD15_SMALL)
+        )
+    if not (base / "input" / DEMO_IMAGES).exists():
+        write_demo_images(base / "input" / DEMO_IMAGES)
 
 
 def copy_workflows(base: Path) -> None:
@@ -82,7 +78,7 @@ def main() -> None:
     prepare_comfy(DEMO, cpu=cpu)
     link_pack(DEMO)
     demo_checkpoint(DEMO)
-    demo_adapters(DEMO)
+    demo_inputs(DEMO)
     copy_workflows(DEMO)
     command = [
         sys.executable,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.comfy_host import ROOT
+from devtools.demo_files import DEMO_IMAGES, DEMO_OFT, DEMO_TAP
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}
@@ -180,21 +181,141 @@ def example_prompts(checkpoint: str = DEMO_CHECKPOINT) -> dict[str, dict[str, di
             },
         }
 
+    def decode_and_save(sample: str, prefix: str) -> dict[str, Any]:
+        return {
+            "decode": {"class_type": "VAEDecode", "inputs": {"samples": [sample, 0], "vae": ["ckpt", 2]}},
+            "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
+        }
+
     load_tap = {
         **common,
         "adapter": {
             "class_type": "TapTuneLoadAdapter",
-            "inputs": {"model": ["ckpt", 0], "adapter_name": "taptune-demo-tap.safetensors", "strength": 1.0},
+            "inputs": {"model": ["ckpt", 0], "adapter_name": DEMO_TAP, "strength": 1.0},
         },
-        "info": {
-            "class_type": "TapTuneAdapterInfo",
-            "inputs": {"adapter_name": "taptune-demo-tap.safetensors", "model": ["ckpt", 0]},
-        },
+        "info": {"class_type": "TapTuneAdapterInfo", "inputs": {"adapter_name": DEMO_TAP, "model": ["ckpt", 0]}},
         "sample": sampler(["adapter", 0]),
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "taptune/tap"}},
+        **decode_and_save("sample", "taptune/tap"),
     }
-    return {"load_tap_adapter": _renumber(load_tap)}
+    stack = {
+        **common,
+        "oft": {
+            "class_type": "TapTuneLoadAdapter",
+            "inputs": {"model": ["ckpt", 0], "adapter_name": DEMO_OFT, "strength": 1.0},
+        },
+        "tap": {
+            "class_type": "TapTuneLoadAdapter",
+            "inputs": {"model": ["oft", 0], "adapter_name": DEMO_TAP, "strength": 0.5},
+        },
+        "sample": sampler(["tap", 0]),
+        **decode_and_save("sample", "taptune/stacked"),
+    }
+
+    def training(spec: dict[str, Any], prefix: str, **train: Any) -> dict[str, dict[str, Any]]:
+        return {
+            **common,
+            "images": {
+                "class_type": "TapTuneLoadImageFolder",
+                "inputs": {"folder": DEMO_IMAGES, "resize_mode": "none", "resolution": 256, "require_captions": False},
+            },
+            "classes": {
+                "class_type": "TapTuneClassImages",
+                "inputs": {
+                    "model": ["ckpt", 0],
+                    "clip": ["ckpt", 1],
+                    "vae": ["ckpt", 2],
+                    "class_prompt": "a photo of dog",
+                    "count": 8,
+                    "seed": 0,
+                    "steps": 12,
+                    "cfg": 6.0,
+                    "sampler_name": "euler",
+                    "scheduler": "normal",
+                    "width": 256,
+                    "height": 256,
+                    "negative_prompt": "",
+                },
+            },
+            "spec": spec,
+            "train": {
+                "class_type": "TapTuneDreamBoothTrain",
+                "inputs": {
+                    "model": ["ckpt", 0],
+                    "clip": ["ckpt", 1],
+                    "vae": ["ckpt", 2],
+                    "spec": ["spec", 0],
+                    "instance_images": ["images", 0],
+                    "instance_prompt": "a photo of sks dog",
+                    "class_prompt": "a photo of dog",
+                    "prior_loss_weight": 1.0,
+                    "steps": 60,
+                    "learning_rate": 0.0,
+                    "batch_size": 1,
+                    "seed": 0,
+                    "class_images": ["classes", 0],
+                    "resolution": 256,
+                    "resize_mode": "center_crop",
+                    "gradient_accumulation": 1,
+                    "lr_schedule": "constant",
+                    "warmup_steps": 0,
+                    "optimizer": "adamw",
+                    "weight_decay": 0.0,
+                    "precision": "auto",
+                    "gradient_checkpointing": False,
+                    "checkpoint_every": 20,
+                    "resume_from": "none",
+                    "validation_prompt": "a photo of sks dog on the beach",
+                    "validation_every": 20,
+                    "validation_steps": 12,
+                    **train,
+                },
+            },
+            "save_adapter": {
+                "class_type": "TapTuneSaveAdapter",
+                "inputs": {"adapter": ["train", 1], "filename_prefix": prefix},
+            },
+            "loss": {"class_type": "PreviewImage", "inputs": {"images": ["train", 2]}},
+            "sample": sampler(["train", 0]),
+            **decode_and_save("sample", prefix),
+        }
+
+    tap_spec = {
+        "class_type": "TapTuneTapSpec",
+        "inputs": {
+            "din": "attn2o",
+            "dout": "ffni",
+            "mid_dim": 60,
+            "method": "relu",
+            "scale": 1.0,
+            "blocks": "all",
+            "block_list": "",
+            "init": "zero_up",
+        },
+    }
+    oft_spec = {
+        "class_type": "TapTuneOFTSpec",
+        "inputs": {
+            "r": 4,
+            "eps": 6e-5,
+            "coft": True,
+            "block_share": False,
+            "targets": "attention",
+            "target_list": "",
+            "block_size": 0,
+            "neumann_terms": 0,
+            "magnitude_steps": 0,
+        },
+    }
+    pairs = training(tap_spec, "taptune/pairs", prior_loss_weight=0.0, instance_prompt=["images", 1])
+    del pairs["classes"]
+    del pairs["train"]["inputs"]["class_images"]
+    return {
+        "load_tap_adapter": _renumber(load_tap),
+        "stack_oft_and_tap": _renumber(stack),
+        "train_dreambooth_tap": _renumber(training(tap_spec, "taptune/dog_tap")),
+        "train_dreambooth_oft": _renumber(training(oft_spec, "taptune/dog_oft")),
+        "finetune_text_image_pairs": _renumber(pairs),
+    }
 
 
 def _renumber(prompt: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

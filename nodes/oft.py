@@ -118,7 +118,7 @@ class TapTuneExportOFTAsLoRA(io.ComfyNode):
                 "Turns a TapTune OFT file into a LoRA-format file of full weight differences (<layer>.diff) in "
                 "models/loras, so that stock LoraLoader / LoraLoaderModelOnly (and tools without TapTune) reproduce the "
                 "rotation on this MODEL. Exact at strength 1; other strengths scale the difference linearly. Size: the "
-                "rotated layers' weights (about 160 MB in fp16 for SD 1.5's attention layers)."
+                "rotated layers' weights (187 MB in fp16 for SD 1.5's attention layers)."
             ),
             inputs=[
                 io.Model.Input(

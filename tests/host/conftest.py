@@ -63,12 +63,15 @@ def adapters_dir(base_dir: Path) -> Path:
 
 
 @pytest.fixture()
-def demo_files(sd15, adapters_dir: Path) -> Path:
-    """The adapter files the example workflows name, made for the test checkpoint."""
-    from taptune.adapter_core import TapAdapterSet, TapConfig, save_adapter_file
-    from taptune.patching.model_access import model_fingerprint, model_sites
+def demo_files(sd15, adapters_dir: Path, base_dir: Path) -> Path:
+    """The adapter files and image folder the example workflows name, made for the test checkpoint."""
+    import comfy.model_management
+
+    from devtools.demo_files import DEMO_IMAGES, write_demo_adapters, write_demo_images
+    from taptune.patching.model_access import model_fingerprint
 
     model = sd15[0]
-    tap_set = TapAdapterSet.create(model_sites(model), TapConfig("attn2o", "ffni"), init="paper", seed=7)
-    save_adapter_file(adapters_dir / "taptune-demo-tap.safetensors", tap_set.to_file(base=model_fingerprint(model)))
+    comfy.model_management.load_models_gpu([model])
+    write_demo_adapters(adapters_dir, model.model.diffusion_model, model_fingerprint(model))
+    write_demo_images(base_dir / "input" / DEMO_IMAGES, size=64)
     return adapters_dir

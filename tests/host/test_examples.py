@@ -25,13 +25,24 @@ def test_committed_examples_are_current():
 def test_example_runs(path, host, sd15, sd15_checkpoint_name, adapters_dir, demo_files):
     prompt = ui_to_api(json.loads(path.read_text()))
     assert prompt == example_prompts()[path.stem]  # the UI form round-trips to the same prompt
+    # The same graph, only smaller: CPU-sized images and a few steps.
+    smaller = {
+        "EmptyLatentImage": {"width": 64, "height": 64},
+        "KSampler": {"steps": 2},
+        "TapTuneClassImages": {"count": 2, "steps": 1, "width": 64, "height": 64},
+        "TapTuneDreamBoothTrain": {
+            "steps": 2,
+            "resolution": 64,
+            "checkpoint_every": 1,
+            "validation_every": 1,
+            "validation_steps": 1,
+        },
+    }
     for node in prompt.values():
         inputs = node["inputs"]
         if inputs.get("ckpt_name") == DEMO_CHECKPOINT:
             inputs["ckpt_name"] = sd15_checkpoint_name
-        if node["class_type"] == "EmptyLatentImage":
-            inputs.update(width=64, height=64)
-        if "steps" in inputs and node["class_type"] == "KSampler":
-            inputs["steps"] = 2
+        inputs.update(smaller.get(node["class_type"], {}))
     result = host.run(prompt)
     assert result.success, result.error() or result.validation_error
+    assert any(out.get("images") for out in result.ui["outputs"].values())

@@ -162,3 +162,22 @@ def test_file_format_contract(sd15, adapters_dir):
     assert all(
         k.split(".tap.")[0] in groups[("attn2o", "ffni")]["modules"] + groups[("resi", "reso")]["modules"] for k in keys
     )
+
+
+def test_adapter_info_reports_configuration_trigger_size_and_share(sd15, adapters_dir):
+    from taptune.nodes.load_adapter import TapTuneAdapterInfo
+    from taptune.patching.model_access import unet_parameter_count
+
+    model = sd15[0]
+    tap_set = TapAdapterSet.create(model_sites(model), TapConfig("attn2o", "ffni", mid_dim=60))
+    save_adapter_file(
+        adapters_dir / "info.safetensors", tap_set.to_file(base=model_fingerprint(model), trigger_word="sks", steps=400)
+    )
+    out = TapTuneAdapterInfo.execute("info.safetensors", model)
+    (text,) = out.args
+    share = 100.0 * tap_set.num_parameters() / unet_parameter_count(model)
+    assert f"tap adapter, {tap_set.num_parameters():,} parameters" in text
+    assert "attn2o->ffni mid_dim 60 relu scale 1.0" in text
+    assert f"{share:.3f} %" in text
+    assert "trigger_word: sks" in text and "steps: 400" in text
+    assert out.ui["text"] == (text,)

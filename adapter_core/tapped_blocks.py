@@ -50,6 +50,7 @@ class _TappedBlock(nn.Module):
         checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.check_block(block, children)
         if list(block.parameters(recurse=False)) or list(block.buffers(recurse=False)):
             raise TapConfigError(f"{type(block).__name__} holds tensors of its own; it cannot be tapped")
         # Kept out of the module tree on purpose: its children are adopted below, so the
@@ -74,8 +75,16 @@ class _TappedBlock(nn.Module):
         for i, (adapter, _) in enumerate(taps):
             self._readers.setdefault(adapter.config.din, []).append(i)
             self._writers.setdefault(adapter.config.dout, []).append(i)
+        self.adopt_attributes(block)
         self.train(block.training)
         self._register_state_dict_hook(_drop_tap_tensors)
+
+    @classmethod
+    def check_block(cls, block: nn.Module, children: Mapping[str, nn.Module] | None) -> None:
+        """Raise :class:`TapConfigError` unless this wrapper can stand in for ``block``."""
+
+    def adopt_attributes(self, block: nn.Module) -> None:
+        """Copy the plain attributes the forward pass reads from the block."""
 
     @property
     def taps(self) -> list[tuple[TapAdapter, float]]:
@@ -146,13 +155,8 @@ class TappedTransformerBlock(_TappedBlock):
     site_kind = SiteKind.TRANSFORMER
     positions = TRANSFORMER_ORDER
 
-    def __init__(
-        self,
-        block: nn.Module,
-        taps: Sequence[tuple[TapAdapter, float]],
-        children: Mapping[str, nn.Module] | None = None,
-        checkpointing: bool = False,
-    ) -> None:
+    @classmethod
+    def check_block(cls, block: nn.Module, children: Mapping[str, nn.Module] | None) -> None:
         if not is_transformer_block(block):
             raise TapConfigError(f"{type(block).__name__} is not a transformer block")
         if getattr(block, "ff_in", False) or not getattr(block, "is_res", True) or block.attn2 is None:
@@ -162,7 +166,8 @@ class TappedTransformerBlock(_TappedBlock):
             )
         if getattr(block, "switch_temporal_ca_to_sa", False):
             raise TapConfigError("temporal transformer blocks are not supported")
-        super().__init__(block, taps, children, checkpointing)
+
+    def adopt_attributes(self, block: nn.Module) -> None:
         for name in _TRANSFORMER_ATTRS:
             setattr(self, name, getattr(block, name, None))
 
@@ -255,18 +260,12 @@ class TappedResBlock(_TappedBlock):
     site_kind = SiteKind.RESBLOCK
     positions = RESBLOCK_ORDER
 
-    def __init__(
-        self,
-        block: nn.Module,
-        taps: Sequence[tuple[TapAdapter, float]],
-        children: Mapping[str, nn.Module] | None = None,
-        checkpointing: bool = False,
-    ) -> None:
+    @classmethod
+    def check_block(cls, block: nn.Module, children: Mapping[str, nn.Module] | None) -> None:
         if not is_resblock(block):
             raise TapConfigError(f"{type(block).__name__} is not a ResBlock")
         if children is not None and any(children[n] is not c for n, c in block.named_children()):
             raise TapConfigError("a ResBlock runs its own children; they cannot be replaced")
-        super().__init__(block, taps, children, checkpointing)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self._maybe_checkpointed(self._run, x, emb)

@@ -188,7 +188,9 @@ def main() -> None:
     if args.variant:
         print("RESULT " + json.dumps(run_variant(args.variant)))
         return
-    rows: dict[str, dict[str, Any]] = {}
+    previous = RESULTS / "training.json"
+    # --only re-measures some variants and keeps the others from the last full run.
+    rows: dict[str, dict[str, Any]] = json.loads(previous.read_text())["variants"] if previous.exists() else {}
     for variant in args.only:
         done = subprocess.run(
             [sys.executable, "-m", "bench.training", "--variant", variant], capture_output=True, text=True

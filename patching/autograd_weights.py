@@ -12,31 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from comfy.weight_adapter.base import WeightAdapterBase
 
 from .model_access import DIFFUSION_PREFIX
+from .weight_patch import FunctionalWeightPatch
 
 
-class SameValue(WeightAdapterBase):
+class SameValue(FunctionalWeightPatch):
     """A weight patch whose result is the weight itself (only the tensor is new)."""
 
     name = "taptune_same_value"
 
-    def __init__(self) -> None:
-        self.loaded_keys: set[str] = set()
-        self.weights: list[torch.Tensor] = []
-
-    def calculate_weight(
-        self,
-        weight: torch.Tensor,
-        key: str,
-        strength: float,
-        strength_model: float,
-        offset: Any,
-        function: Any,
-        intermediate_dtype: torch.dtype = torch.float32,
-        original_weight: Any = None,
-    ) -> torch.Tensor:
+    def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
         return weight
 
 

@@ -15,38 +15,26 @@ from typing import Any
 import comfy.ldm.modules.attention as attention
 import comfy.ops
 import torch
-from comfy.weight_adapter.base import WeightAdapterBase
 
 from ..adapter_core.oft import OFTConfigError, OFTRotation
 from ..adapter_core.oft_layer import plain_weights, rotated_module, split_layer_path
 from ..adapter_core.oft_set import OFTAdapterSet
 from ..adapter_core.tapped_blocks import TAP_CHILD, TappedTransformerBlock
 from .model_access import DIFFUSION_PREFIX, block_children, model_linear_layers, model_object
+from .weight_patch import FunctionalWeightPatch
 
 
-class OFTWeightPatch(WeightAdapterBase):
+class OFTWeightPatch(FunctionalWeightPatch):
     """A weight patch that turns ``W`` into ``diag(m^s) W R(sS)^T`` at the patch's strength."""
 
     name = "taptune_oft"
 
     def __init__(self, rotation: OFTRotation) -> None:
+        super().__init__()
         self.rotation = rotation
-        self.loaded_keys: set[str] = set()
-        self.weights: list[torch.Tensor] = []
 
-    def calculate_weight(
-        self,
-        weight: torch.Tensor,
-        key: str,
-        strength: float,
-        strength_model: float,
-        offset: Any,
-        function: Any,
-        intermediate_dtype: torch.dtype = torch.float32,
-        original_weight: Any = None,
-    ) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rotation.merged_weight(weight, strength).to(weight.dtype)
+    def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+        return self.rotation.merged_weight(weight, strength).to(weight.dtype)
 
 
 def check_oft_fits(model: Any, oft_set: OFTAdapterSet) -> dict[str, tuple[int, int]]:

@@ -180,4 +180,4 @@ def test_adapter_info_reports_configuration_trigger_size_and_share(sd15, adapter
     assert "attn2o->ffni mid_dim 60 relu scale 1.0" in text
     assert f"{share:.3f} %" in text
     assert "trigger_word: sks" in text and "steps: 400" in text
-    assert out.ui["text"] == (text,)
+    assert out.ui.as_dict()["text"] == (text,)

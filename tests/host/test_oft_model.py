@@ -284,3 +284,23 @@ def test_a_clone_never_sees_another_clones_object_patches(sd15):
     assert relative_error(unet_output(merged, x, sigma, ctx), training_out) < 1e-5
     assert torch.equal(unet_output(also_tapped, x, sigma, ctx), unet_output(tapped, x, sigma, ctx))
     assert torch.equal(unet_output(model, x, sigma, ctx), base)
+
+
+def test_stacks_with_a_lora_in_chain_order(sd15, adapters_dir):
+    """LoRA then OFT: the rotation turns the LoRA-patched weight, (W + dW) R^T, as the nodes are chained."""
+    model = sd15[0]
+    comfy.model_management.load_models_gpu([model])
+    plan = write_oft_file(adapters_dir / "oft.safetensors", model.model.diffusion_model, seed=9)
+    name = next(iter(plan))
+    weight = plan[name][0]
+    delta = torch.randn(weight.shape, generator=torch.Generator().manual_seed(3)) * 0.05
+    with_lora, _ = comfy.sd.load_lora_for_models(model, None, {f"diffusion_model.{name}.diff": delta}, 1.0, 0.0)
+    (both,) = TapTuneLoadAdapter.execute(with_lora, "oft.safetensors", 1.0).args
+    shifted = dict(plan)
+    shifted[name] = (weight + delta, *plan[name][1:])
+    x, sigma, ctx, _ = fixed_inputs(768, seed=13)
+    expected = unet_output(expected_model(model, shifted, 1.0), x, sigma, ctx)
+    got = unet_output(both, x, sigma, ctx)
+    oft_only = unet_output(expected_model(model, plan, 1.0), x, sigma, ctx)
+    assert relative_error(got, expected) < 1e-5
+    assert relative_error(oft_only, got) > 1e-4

@@ -71,6 +71,7 @@ class _RotatedParent(nn.Module):
         neumann_terms: int | None = None,
     ) -> None:
         super().__init__()
+        self.check_parent(parent, rotations)
         object.__setattr__(self, "base_module", parent)
         for name, child in parent.named_children():
             if name == OFT_CHILD:
@@ -85,6 +86,10 @@ class _RotatedParent(nn.Module):
         self.neumann_terms = neumann_terms
         self.train(parent.training)
         self._register_state_dict_hook(_drop_rotations)
+
+    @classmethod
+    def check_parent(cls, parent: nn.Module, rotations: Mapping[str, OFTRotation]) -> None:
+        """Raise :class:`OFTConfigError` unless this wrapper can stand in for ``parent``."""
 
     def rotated(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Child layer ``name`` applied to ``x``, through its rotation if it has one."""
@@ -138,16 +143,10 @@ class OFTCrossAttention(_RotatedParent):
 class OFTFeedForward(_RotatedParent):
     """A feed-forward block (``net = [GEGLU(proj), dropout, out]``) with rotated ``proj`` and/or ``out``."""
 
-    def __init__(
-        self,
-        parent: nn.Module,
-        rotations: Mapping[str, OFTRotation],
-        weights_of: WeightsOf = plain_weights,
-        neumann_terms: int | None = None,
-    ) -> None:
+    @classmethod
+    def check_parent(cls, parent: nn.Module, rotations: Mapping[str, OFTRotation]) -> None:
         if "net.0.proj" in rotations and not hasattr(parent.net[0], "proj"):
             raise OFTConfigError("ff.net.0.proj: this feed-forward block has no GEGLU projection")
-        super().__init__(parent, rotations, weights_of, neumann_terms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if "net__0__proj" in self.oft:

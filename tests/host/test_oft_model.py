@@ -108,9 +108,10 @@ def test_strength_zero_is_the_base_model(sd15, adapters_dir):
     assert torch.equal(unet_output(zero, x, sigma, ctx), unet_output(model, x, sigma, ctx))
 
 
-def test_merged_equals_the_training_form(sd15):
+@pytest.mark.parametrize("targets", ["attention", "attention_ff", "cross_attention"])
+def test_merged_equals_the_training_form(sd15, targets):
     model = sd15[0]
-    layers = model_linear_layers(model, "attention")
+    layers = model_linear_layers(model, targets)
     oft_set = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=False), magnitude=True)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():

@@ -78,3 +78,11 @@ def peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of ``numerator / denominator`` measured side by side in each round.
+
+    Each pair ran back to back, so slow drifts of a shared machine cancel out of the ratio.
+    """
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import interleaved, setup_host, write_result
+from bench.common import interleaved, paired_ratio, setup_host, write_result
 
 
 class LoRALinear(nn.Module):
@@ -203,7 +203,8 @@ def main() -> None:
     layer_times = interleaved(
         {name: layer_steps(layers, tokens, make) for name, make in makers.items()}, args.rounds + 1
     )
-    results["layer_seconds"] = {name: statistics.median(t[1:]) for name, t in layer_times.items()}
+    layer_times = {name: t[1:] for name, t in layer_times.items()}  # the first round warms up
+    results["layer_seconds"] = {name: statistics.median(t) for name, t in layer_times.items()}
 
     if not args.skip_unet:
         steps = {}
@@ -220,7 +221,8 @@ def main() -> None:
             steps[name] = train_step(clone, params, x, sigma, ctx)
         with torch.inference_mode(False), torch.enable_grad():
             unet_times = interleaved(steps, args.rounds + 1)
-        results["unet_step_seconds"] = {name: statistics.median(t[1:]) for name, t in unet_times.items()}
+        unet_times = {name: t[1:] for name, t in unet_times.items()}
+        results["unet_step_seconds"] = {name: statistics.median(t) for name, t in unet_times.items()}
         for clone in clones:
             release(clone)  # unload: their object patches leave the shared model
 
@@ -249,7 +251,8 @@ def main() -> None:
             sample_times = interleaved(
                 {"base": sample(base), "merged_oft": sample(merged)}, args.rounds + 1, before=loads
             )
-        results["sampling_seconds_per_step"] = {name: statistics.median(t[1:]) / 2 for name, t in sample_times.items()}
+        sample_times = {name: t[1:] for name, t in sample_times.items()}
+        results["sampling_seconds_per_step"] = {name: statistics.median(t) / 2 for name, t in sample_times.items()}
 
     def ratio(table: str, a: str, b: str) -> float:
         return results[table][a] / results[table][b]
@@ -259,8 +262,8 @@ def main() -> None:
         k: v - frozen for k, v in results["layer_seconds"].items() if k != "frozen_only"
     }
     results["ratios"] = {
-        "layers_oft_over_lora": ratio("layer_seconds", "oft", "lora"),
-        "layers_naive_over_oft": ratio("layer_seconds", "naive_oft", "oft"),
+        "layers_oft_over_lora": paired_ratio(layer_times, "oft", "lora"),
+        "layers_naive_over_oft": paired_ratio(layer_times, "naive_oft", "oft"),
         "overhead_naive_over_oft": results["layer_adapter_overhead_seconds"]["naive_oft"]
         / results["layer_adapter_overhead_seconds"]["oft"],
         "overhead_oft_over_lora": results["layer_adapter_overhead_seconds"]["oft"]
@@ -268,9 +271,9 @@ def main() -> None:
     }
     if "unet_step_seconds" in results:
         results["ratios"].update(
-            unet_oft_over_lora=ratio("unet_step_seconds", "oft", "lora"),
-            unet_naive_over_oft=ratio("unet_step_seconds", "naive_oft", "oft"),
-            sampling_merged_over_base=ratio("sampling_seconds_per_step", "merged_oft", "base"),
+            unet_oft_over_lora=paired_ratio(unet_times, "oft", "lora"),
+            unet_naive_over_oft=paired_ratio(unet_times, "naive_oft", "oft"),
+            sampling_merged_over_base=paired_ratio(sample_times, "merged_oft", "base"),
         )
     results["settings"] = vars(args)
     path = write_result("oft", results)

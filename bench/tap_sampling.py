@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bench.common import interleaved, setup_host, write_result
+from bench.common import interleaved, paired_ratio, setup_host, write_result
 
 
 def main() -> None:
@@ -79,7 +79,7 @@ def main() -> None:
         "transformer_blocks": len(recipe.adapters),
         "seconds_per_step_base": base_s,
         "seconds_per_step_adapted": adapted_s,
-        "overhead_ratio": adapted_s / base_s,
+        "overhead_ratio": paired_ratio(times, "adapted", "base"),
         "raw_seconds": times,
         "settings": vars(args),
     }

@@ -26,6 +26,7 @@ import yaml
 
 from .file_format import AdapterFileError
 from .tap_adapter import TapAdapter, TapConfig, TapGroup
+from .tap_points import TapConfigError
 from .tap_set import TapAdapterSet
 
 _TRANSFORMER_SUFFIX = ".adapter_inout.pt"
@@ -69,6 +70,10 @@ def _tap_config(entry: Mapping[str, Any], where: str) -> TapConfig:
         )
     except KeyError as missing:
         raise AdapterFileError(f"{where}: adapter config is missing {missing}") from None
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, TapConfigError):
+            raise
+        raise AdapterFileError(f"{where}: adapter config has a value of the wrong type: {exc}") from None
 
 
 def read_official_config(yaml_path: str | os.PathLike[str]) -> tuple[TapConfig | None, TapConfig | None]:
@@ -76,8 +81,11 @@ def read_official_config(yaml_path: str | os.PathLike[str]) -> tuple[TapConfig |
 
     As in the official code, only the last entry of ``transformer_adp_config`` takes effect.
     """
-    with open(yaml_path, encoding="utf-8") as handle:
-        tree = yaml.safe_load(handle)
+    try:
+        with open(yaml_path, encoding="utf-8") as handle:
+            tree = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise AdapterFileError(f"{Path(yaml_path).name} is not valid YAML: {exc}") from None
     found = _find_adapter_config(tree)
     if found is None:
         raise AdapterFileError(

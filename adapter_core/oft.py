@@ -107,10 +107,15 @@ class SkewSystemSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, P: torch.Tensor, B: torch.Tensor, c: float) -> torch.Tensor:
-        A = (P.transpose(-1, -2) - P).mul_(c)
-        A.diagonal(dim1=-2, dim2=-1).add_(1.0)
-        inverse = inverse_blocks(A)
-        X = inverse @ B
+        # Always fp32, also under autocast: the backward below runs outside autocast and its
+        # products must see one dtype (and the inverse wants the precision).
+        ctx.dtypes = (P.dtype, B.dtype)
+        with torch.autocast(B.device.type, enabled=False):
+            P32, B32 = P.float(), B.float()
+            A = (P32.transpose(-1, -2) - P32).mul_(c)
+            A.diagonal(dim1=-2, dim2=-1).add_(1.0)
+            inverse = inverse_blocks(A)
+            X = inverse @ B32
         ctx.save_for_backward(inverse, X)
         ctx.c = c
         return X
@@ -118,10 +123,12 @@ class SkewSystemSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         inverse, X = ctx.saved_tensors
+        grad_X = grad_X.to(inverse.dtype)
         grad_B = inverse.transpose(-1, -2) @ grad_X
         grad_A = -(grad_B @ X.transpose(-1, -2))
         grad_P = (grad_A.transpose(-1, -2) - grad_A).mul_(ctx.c)
-        return grad_P, grad_B, None
+        p_dtype, b_dtype = ctx.dtypes
+        return grad_P.to(p_dtype), grad_B.to(b_dtype), None
 
 
 def cayley(S: torch.Tensor) -> torch.Tensor:
@@ -335,9 +342,14 @@ class OFTRotation(nn.Module):
         P.mul_(factor[:, None, None])
 
     @torch.no_grad()
-    def merged_weight(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-        """``diag(m^s) W R(sS)^T`` computed in fp32 (the weight patch at inference)."""
-        R = self.rotation(strength, precise=True).to(device=weight.device, dtype=torch.float32)
+    def merged_weight(self, weight: torch.Tensor, strength: float = 1.0, R: torch.Tensor | None = None) -> torch.Tensor:
+        """``diag(m^s) W R(sS)^T`` computed in fp32 (the weight patch at inference).
+
+        ``R`` may be passed in when the caller keeps ``rotation(strength, precise=True)``.
+        """
+        if R is None:
+            R = self.rotation(strength, precise=True)
+        R = R.to(device=weight.device, dtype=torch.float32)
         out = rotate_weight(weight.to(torch.float32), R)
         m = self.magnitude_at(strength)
         if m is not None:

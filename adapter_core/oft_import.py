@@ -66,8 +66,11 @@ def diffusers_to_comfy_path(path: str, layers_per_block: int = 2) -> str:
 
 def _load_any(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - not a dict
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                return {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - not a dict
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise AdapterFileError(f"{path.name}: not a readable safetensors file: {exc}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -84,6 +87,16 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
         return handle.metadata() or {}
 
 
+def _json(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise AdapterFileError(f"{what} must be a JSON object")
+    return value
+
+
 def read_oft_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Tensors and (for PEFT) the adapter configuration of a file or a PEFT output folder."""
     path = Path(source)
@@ -94,16 +107,16 @@ def read_oft_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Ten
         if not weights:
             raise AdapterFileError(f"{path}: no adapter_model.safetensors / .bin inside")
         if (path / "adapter_config.json").exists():
-            config = json.loads((path / "adapter_config.json").read_text())
+            config = _json((path / "adapter_config.json").read_text(), "adapter_config.json")
         path = weights[0]
     elif not path.is_file():
         raise AdapterFileError(f"{path} does not exist")
     state = _load_any(path)
     metadata = _safetensors_metadata(path)
     if config is None and "lora_adapter_metadata" in metadata:
-        config = json.loads(metadata["lora_adapter_metadata"])
+        config = _json(metadata["lora_adapter_metadata"], "lora_adapter_metadata")
     if config is None and (path.parent / "adapter_config.json").exists():
-        config = json.loads((path.parent / "adapter_config.json").read_text())
+        config = _json((path.parent / "adapter_config.json").read_text(), "adapter_config.json")
     return state, config
 
 

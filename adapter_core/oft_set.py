@@ -107,13 +107,16 @@ class OFTGroup:
             raise AdapterFileError("OFT group 'modules' must be a list of layer paths")
         r = entry.get("r")
         block_size = entry.get("block_size")
-        config = OFTConfig(
-            r=int(r) if r is not None else None,
-            block_size=int(block_size) if block_size is not None else None,
-            block_share=bool(entry.get("block_share", False)),
-            coft=bool(entry.get("coft", False)),
-            eps=float(entry.get("eps", 6e-5)),
-        )
+        try:
+            config = OFTConfig(
+                r=int(r) if r is not None else None,
+                block_size=int(block_size) if block_size is not None else None,
+                block_share=bool(entry.get("block_share", False)),
+                coft=bool(entry.get("coft", False)),
+                eps=float(entry.get("eps", 6e-5)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise AdapterFileError(f"OFT group has an invalid setting: {exc}") from None
         return cls(config, list(modules))
 
 
@@ -236,6 +239,8 @@ def _rotation_from_tensors(
     if extra:
         raise AdapterFileError(f"{path}: unexpected tensor {path}.{extra[0]}")
     S = S.to(torch.float32)
+    if not torch.isfinite(S).all():
+        raise AdapterFileError(f"{path}.oft.S holds NaN or infinite values")
     if config.block_share:
         if S.dim() != 2 or S.shape[0] != S.shape[1]:
             raise AdapterFileError(f"{path}.oft.S: a shared block must have shape (k, k), got {tuple(S.shape)}")
@@ -271,7 +276,9 @@ def _rotation_from_tensors(
         if magnitude is not None:
             if magnitude.dim() != 1:
                 raise AdapterFileError(f"{path}.oft.magnitude must be 1-D, got {tuple(magnitude.shape)}")
-            if not bool((magnitude > 0).all()):
-                raise AdapterFileError(f"{path}.oft.magnitude must be positive (strength raises it to a power)")
+            if not bool(torch.isfinite(magnitude).all() and (magnitude > 0).all()):
+                raise AdapterFileError(
+                    f"{path}.oft.magnitude must be finite and positive (strength raises it to a power)"
+                )
             rotation.magnitude.copy_(magnitude.to(torch.float32))
     return rotation

@@ -80,6 +80,10 @@ class TapGroup:
             modules = entry["modules"]
         except KeyError as missing:
             raise TapConfigError(f"adapter group is missing {missing}; it needs din, dout and modules") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, TapConfigError):
+                raise
+            raise TapConfigError(f"adapter group has a value of the wrong type: {exc}") from None
         if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
             raise TapConfigError("adapter group 'modules' must be a list of module paths")
         return cls(config, list(modules))
@@ -165,13 +169,19 @@ class TapAdapter(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """The adapter's output ``up(act(down(h)))``, without ``scale``, in ``h``'s dtype."""
+        if self.down.weight.device != h.device and not self.down.weight.requires_grad:
+            # Installing an adapter does not make the host move an already loaded model, so a
+            # frozen adapter follows its block to the device once, instead of being copied
+            # there on every call. (Trainable ones are placed by the trainer.)
+            self.to(h.device)
         method = self.config.method
         if self.norm is None:
             z = F.linear(h, _cast(self.down.weight, h), _cast(self.down.bias, h))
             z = _activation(method, z)
             return F.linear(z, _cast(self.up.weight, h), _cast(self.up.bias, h))
+        h32 = h.float()
         normed = F.group_norm(
-            h.float(), RES_NORM_GROUPS, self.norm.weight.float(), self.norm.bias.float(), RES_NORM_EPS
+            h32, RES_NORM_GROUPS, _cast(self.norm.weight, h32), _cast(self.norm.bias, h32), RES_NORM_EPS
         ).to(h.dtype)
         z = F.silu(normed)
         z = F.conv2d(z, _cast(self.down.weight, z), _cast(self.down.bias, z), padding=1)

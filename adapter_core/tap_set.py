@@ -98,8 +98,14 @@ class TapAdapterSet:
                     raise AdapterFileError(
                         f"{path}: tap.down.weight has {down.shape[0]} outputs but mid_dim is {group.config.mid_dim}"
                     )
+                if down.dim() not in (2, 4) or up.dim() != down.dim():
+                    raise AdapterFileError(f"{path}: tap.down/up weights must be 2-D (linear) or 4-D (conv) kernels")
+                bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+                if bad:
+                    raise AdapterFileError(f"{path}.{bad[0]} holds NaN or infinite values")
                 adapter = TapAdapter(group.config, int(down.shape[1]), int(up.shape[0]))
                 adapter.load_tensors(tensors, path)
+                adapter.requires_grad_(False)  # loaded adapters are for sampling
                 out.adapters[path] = adapter
             out.groups.append(group)
         stray = unclaimed_tensors(adapter_file.tensors, sorted(seen), MARKER)

@@ -190,10 +190,14 @@ class TappedTransformerBlock(_TappedBlock):
             context = n
         if value is None:
             value = context
-        q = attention.to_q(n)
-        k = attention.to_k(context)
-        v = attention.to_v(value)
-        return attention.to_out(replacements[key](q, k, v, extra))
+        # An OFT training wrapper routes its projections through the rotations.
+        rotated = getattr(attention, "rotated", None)
+        if rotated is None:
+            out = replacements[key](attention.to_q(n), attention.to_k(context), attention.to_v(value), extra)
+            return attention.to_out(out)
+        out = replacements[key](rotated("to_q", n), rotated("to_k", context), rotated("to_v", value), extra)
+        out = rotated("to_out.0", out)
+        return attention.to_out[1](out) if len(attention.to_out) > 1 else out
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, transformer_options: dict[str, Any] = {}

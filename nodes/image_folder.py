@@ -31,8 +31,8 @@ def input_folders() -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir() and not p.name.startswith("."))
 
 
-def read_folder(folder: Path) -> tuple[list[torch.Tensor], list[str]]:
-    """Images (``[H, W, 3]``, 0..1) in natural name order, and their captions ('' where none)."""
+def read_folder(folder: Path) -> tuple[list[torch.Tensor], list[str], list[str]]:
+    """Images (``[H, W, 3]``, 0..1) in natural name order, their captions ('' where none), file names."""
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: _natural(p.name))
     images, captions = [], []
     for file in files:
@@ -42,7 +42,7 @@ def read_folder(folder: Path) -> tuple[list[torch.Tensor], list[str]]:
         caption = file.with_suffix(".txt")
         text = caption.read_text(encoding="utf-8").strip() if caption.exists() else ""
         captions.append(" ".join(text.split()))
-    return images, captions
+    return images, captions, [f.name for f in files]
 
 
 class TapTuneLoadImageFolder(io.ComfyNode):
@@ -96,13 +96,16 @@ class TapTuneLoadImageFolder(io.ComfyNode):
         path = (root / folder).resolve()
         if not folder or not path.is_dir() or (path != root.resolve() and root.resolve() not in path.parents):
             raise NodeInputError(NODE, "folder", f"{folder!r} is not a folder inside {root}")
-        images, captions = read_folder(path)
+        images, captions, names = read_folder(path)
         if not images:
             raise NodeInputError(NODE, "folder", f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
-        missing = [i for i, c in enumerate(captions) if not c]
-        if require_captions and missing:
+        missing = [name for name, caption in zip(names, captions, strict=True) if not caption]
+        # Some captions but not all would shift every later caption onto the wrong image (empty
+        # lines are not prompts), so that is refused even when captions are optional.
+        if missing and (require_captions or len(missing) < len(captions)):
+            listed = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
             raise NodeInputError(
-                NODE, "folder", f"{len(missing)} image(s) have no caption .txt (first: image {missing[0] + 1})"
+                NODE, "folder", f"{len(missing)} of {len(captions)} images have no caption .txt ({listed})"
             )
         try:
             images = prepare_images(images, resize_mode, int(resolution), "folder") if resize_mode != "none" else images

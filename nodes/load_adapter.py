@@ -16,7 +16,7 @@ from .common import CATEGORY_LOAD, NodeInputError, adapter_fingerprint, adapter_
 
 #: UNet sizes of the released base models, for the parameter share when no MODEL is connected.
 KNOWN_UNET_PARAMETERS = {"SD15": 859_520_964, "SD20": 865_910_724, "SDXL": 2_567_463_684}
-ADAPTER_ERRORS = (AdapterFileError, BaseMismatchError, TapConfigError, OFTConfigError, TypeError)
+ADAPTER_ERRORS = (AdapterFileError, BaseMismatchError, TapConfigError, OFTConfigError, ValueError, TypeError)
 
 
 class TapTuneLoadAdapter(io.ComfyNode):

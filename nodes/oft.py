@@ -36,7 +36,8 @@ from .common import (
 )
 from .convert import resolve_user_path
 
-OFT_ERRORS = (AdapterFileError, OFTConfigError, BaseMismatchError)
+# All of the pack's own errors are ValueErrors (file, configuration, architecture).
+OFT_ERRORS = (AdapterFileError, OFTConfigError, BaseMismatchError, ValueError)
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -32,9 +32,16 @@ class OFTWeightPatch(FunctionalWeightPatch):
     def __init__(self, rotation: OFTRotation) -> None:
         super().__init__()
         self.rotation = rotation
+        # Low-VRAM loading recomputes patched weights on every forward: keep R per strength.
+        self._rotations: dict[float, torch.Tensor] = {}
 
     def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
-        return self.rotation.merged_weight(weight, strength).to(weight.dtype)
+        if strength not in self._rotations:
+            self._rotations[strength] = self.rotation.rotation(strength, precise=True)
+        R = self._rotations[strength]
+        if R.device != weight.device:
+            R = self._rotations[strength] = R.to(weight.device)
+        return self.rotation.merged_weight(weight, strength, R).to(weight.dtype)
 
 
 def check_oft_fits(model: Any, oft_set: OFTAdapterSet) -> dict[str, tuple[int, int]]:

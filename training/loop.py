@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from ..adapter_core.oft import OFTConfigError
+from ..adapter_core.oft_layer import split_layer_path
 from ..adapter_core.oft_set import OFTAdapterSet
 from ..adapter_core.tap_points import TapConfigError
 from ..patching.autograd_weights import with_autograd_weights
@@ -165,6 +166,9 @@ class DreamBoothTrainer:
         try:
             with torch.inference_mode(False):  # trainable parameters must not be inference tensors
                 self.adapter_set = spec.build(model, int(settings.seed))
+            if isinstance(self.adapter_set, OFTAdapterSet):
+                for path in self.adapter_set.rotations:
+                    split_layer_path(path)  # raises for a layer OFT cannot train
         except (TapConfigError, OFTConfigError, TypeError) as exc:
             raise TrainingInputError("spec", f"does not fit this MODEL: {exc}") from None
         self.autocast_dtype = resolve_precision(settings.precision, self.device)
@@ -220,60 +224,66 @@ class DreamBoothTrainer:
 
     # -- data -------------------------------------------------------------------------------------------
 
-    def _pools(self) -> tuple[Pool, Pool | None]:
+    def _pools(self) -> tuple[Pool, Pool | None, list[torch.Tensor]]:
+        """The instance and class pools, and the prepared pixels they were encoded from."""
         s = self.settings
         instance = prepare_images(self.instance_images, s.resize_mode, s.resolution, "instance_images")
         pool = Pool(encode_latents(self.vae, self.model, instance), self.instance_prompts)
         if s.prior_loss_weight <= 0:
-            return pool, None
+            return pool, None, instance
         classes = prepare_images(self.class_images, s.resize_mode, s.resolution, "class_images")
-        return pool, Pool(encode_latents(self.vae, self.model, classes), [self.class_prompt] * len(classes))
+        class_pool = Pool(encode_latents(self.vae, self.model, classes), [self.class_prompt] * len(classes))
+        return pool, class_pool, instance + classes
 
-    def _fingerprint(self, instance: Pool, classes: Pool | None) -> str:
+    def _fingerprint(self, pixels: list[torch.Tensor]) -> str:
+        """What defines the run: spec, pixels (not latents: those vary across devices), prompts, settings."""
         s = self.settings
-        digest = run_fingerprint(
+        keys = (
+            "batch_size",
+            "seed",
+            "prior_loss_weight",
+            "gradient_accumulation",
+            "optimizer",
+            "weight_decay",
+            "lr_schedule",
+            "warmup_steps",
+            "precision",
+            "resolution",
+            "resize_mode",
+        )
+        return run_fingerprint(
             {
                 "spec": self.spec.describe(),
-                "instance": [
-                    (p, float(t.sum()), tuple(t.shape)) for t, p in zip(instance.latents, instance.prompts, strict=True)
-                ],
-                "class": [(float(t.sum()), tuple(t.shape)) for t in classes.latents] if classes else None,
-                "settings": {
-                    k: getattr(s, k)
-                    for k in (
-                        "batch_size",
-                        "seed",
-                        "prior_loss_weight",
-                        "gradient_accumulation",
-                        "optimizer",
-                        "weight_decay",
-                        "lr_schedule",
-                        "warmup_steps",
-                        "precision",
-                    )
-                },
+                "pixels": [(tuple(p.shape), round(float(p.double().sum()), 6)) for p in pixels],
+                "prompts": [*self.instance_prompts, self.class_prompt if s.prior_loss_weight > 0 else None],
+                "settings": {k: getattr(s, k) for k in keys},
                 "lr": self.lr,
             }
         )
-        return digest
 
     # -- the run ----------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
         """Train; returns the adapter of the last completed step (also when cancelled)."""
         s = self.settings
-        instance, classes = self._pools()
-        fingerprint = self._fingerprint(instance, classes)
+        instance, classes, pixels = self._pools()
+        fingerprint = self._fingerprint(pixels)
         samplers = {"instance": BatchSampler(instance, s.batch_size)}
         if classes is not None:
             samplers["class"] = BatchSampler(classes, s.batch_size)
         conds = ConditioningCache(self.model, self.clip, self.device)
+        # Every prompt is encoded before the training model is loaded: loading the text encoder
+        # later could make ComfyUI partially unload the training model.
+        for prompt in {*instance.prompts, *(classes.prompts if classes else [])}:
+            conds.conditioning(prompt)
+        validation = self._validation_setup(instance, conds)
         train_model = self._training_model()
         total = s.steps + getattr(self.spec, "magnitude_steps", 0)
         losses: list[float] = []
         step = 0
         cancelled = False
         optimizer = scheduler = scaler = None
+        snapshot: tuple[Any, dict[str, list[int]], int] | None = None
         try:
             with torch.inference_mode(False):
                 comfy.model_management.load_models_gpu(
@@ -287,10 +297,14 @@ class DreamBoothTrainer:
                 step, losses, phase, optimizer, scheduler = self._resume(
                     fingerprint, samplers, optimizer, scheduler, scaler
                 )
-            validation = self._validation_setup(instance)
             with torch.inference_mode(False), torch.enable_grad(), frozen_except(unet, self._phase_parameters(phase)):
                 while step < total:
                     comfy.model_management.throw_exception_if_processing_interrupted()
+                    # Cancel usually lands inside a step (ComfyUI checks in every op): keep the
+                    # random state of the step's start, so a checkpoint of the last completed
+                    # step resumes exactly.
+                    snapshot = (self.generator.get_state(), {n: b.state() for n, b in samplers.items()}, step)
+                    self._place_trainable()
                     if self._phase(step) != phase:
                         phase = self._phase(step)
                         optimizer, scheduler = self._optimizer(phase)
@@ -313,6 +327,10 @@ class DreamBoothTrainer:
                     self.report(step, total, loss, preview)
         except comfy.model_management.InterruptProcessingException:
             cancelled = True
+            if snapshot is not None and snapshot[2] == step:  # interrupted inside the step
+                self.generator.set_state(snapshot[0])
+                for name, queue in snapshot[1].items():
+                    samplers[name].restore(queue)
             log.info("TapTune: training cancelled after %d completed steps; keeping that adapter", step)
             if (
                 s.checkpoint_every
@@ -345,6 +363,12 @@ class DreamBoothTrainer:
             model = with_gradient_checkpointing(model)
         return with_autograd_weights(model)
 
+    def _place_trainable(self) -> None:
+        """Trainable parameters on the training device (a partial unload by ComfyUI may have moved them)."""
+        for p in self.adapter_set.parameters():
+            if p.device != self.device:
+                p.data = p.data.to(self.device)
+
     def _memory_estimate(self, model: Any, pool: Pool) -> float:
         shape = list(pool.latents[0].shape)
         batch = self.settings.batch_size * (2 if self.settings.prior_loss_weight > 0 else 1)
@@ -372,11 +396,13 @@ class DreamBoothTrainer:
         if s.optimizer in ("adamw", "adam"):
             kwargs["foreach"] = False  # the same arithmetic on every device, for reproducible runs
         optimizer = OPTIMIZERS[s.optimizer](params, **kwargs)
-        steps = s.steps if phase == "main" else max(1, getattr(self.spec, "magnitude_steps", 1))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, LearningRateSchedule(s.lr_schedule, steps, s.warmup_steps)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule(phase))
         return optimizer, scheduler
+
+    def _schedule(self, phase: str) -> LearningRateSchedule:
+        s = self.settings
+        steps = s.steps if phase == "main" else max(1, getattr(self.spec, "magnitude_steps", 1))
+        return LearningRateSchedule(s.lr_schedule, steps, s.warmup_steps)
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -404,8 +430,8 @@ class DreamBoothTrainer:
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"the loss became {float(loss.detach())} at step {step + 1}: lower the learning_rate (now {self.lr:g}), "
-                    "or train with precision bf16 or fp32 instead of fp16; the adapter of step "
-                    f"{step} is kept unchanged"
+                    "or train with precision bf16 or fp32 instead of fp16. Nothing was returned or saved; with "
+                    "checkpoint_every, the last checkpoint holds the last good state"
                 )
             scaled = loss / s.gradient_accumulation
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -418,7 +444,8 @@ class DreamBoothTrainer:
             if any(not torch.isfinite(g).all() for g in grads):
                 raise TrainingDivergedError(
                     f"gradients became infinite at step {step + 1}: lower the learning_rate (now {self.lr:g}) or use "
-                    "precision fp32; the adapter of the previous step is kept"
+                    "precision fp32. Nothing was returned or saved; with checkpoint_every, the last checkpoint holds "
+                    "the last good state"
                 )
             optimizer.step()
         return total
@@ -503,10 +530,20 @@ class DreamBoothTrainer:
             for p, saved in zip(parameters, state["parameters"], strict=True):
                 p.copy_(saved.to(p))
         phase = state["phase"]
+        if phase == "magnitude" and self._phase(int(state["step"])) == "main":
+            raise TrainingInputError(
+                "steps",
+                f"the checkpoint is in the magnitude phase; steps must stay at most {state['step']} to resume it",
+            )
         if phase != "main":
             optimizer, scheduler = self._optimizer(phase)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # The saved state carries the old run's schedule (its total steps); use this run's.
+        schedule = self._schedule(phase)
+        scheduler.lr_lambdas = [schedule]
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base_lr * schedule(scheduler.last_epoch)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
@@ -515,11 +552,10 @@ class DreamBoothTrainer:
         log.info("TapTune: resuming at step %d from %s", state["step"], self.settings.resume_from)
         return int(state["step"]), list(state["losses"]), phase, optimizer, scheduler
 
-    def _validation_setup(self, pool: Pool) -> dict[str, Any] | None:
+    def _validation_setup(self, pool: Pool, conds: ConditioningCache) -> dict[str, Any] | None:
         s = self.settings
         if not (s.validation_every and s.validation_prompt.strip()):
             return None
-        conds = ConditioningCache(self.model, self.clip, self.device)
         return {
             "positive": conds.conditioning(s.validation_prompt.strip()),
             "negative": conds.conditioning(""),

@@ -177,6 +177,17 @@ def test_file_round_trip(tmp_path):
         OFTAdapterSet.from_file(load_adapter_file(path))
 
 
+def test_rejects_non_finite_generators(tmp_path):
+    from safetensors.torch import save_file
+
+    header = {"format": "taptune/1", "kind": "oft", "adapters": [{"r": 2, "modules": ["x"]}]}
+    S = torch.zeros(2, 4, 4)
+    S[0, 0, 1], S[0, 1, 0] = float("nan"), float("nan")
+    save_file({"x.oft.S": S}, str(tmp_path / "n.safetensors"), metadata={"taptune": json.dumps(header)})
+    with pytest.raises(AdapterFileError, match="NaN or infinite"):
+        OFTAdapterSet.from_file(load_adapter_file(tmp_path / "n.safetensors"))
+
+
 def test_rejects_a_generator_that_is_not_skew(tmp_path):
     from safetensors.torch import save_file
 

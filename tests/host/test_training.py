@@ -73,7 +73,7 @@ def test_same_seed_same_weights_and_checkpointing_changes_nothing(sd15):
 
 @pytest.mark.parametrize("kind", ["tap", "oft"])
 def test_resume_continues_exactly(sd15, kind, tmp_path):
-    """6 steps straight, or 6 steps stopped (Cancel) at 3 and resumed from the checkpoint: the same adapter."""
+    """6 steps straight, or Cancel pressed during step 4 and resumed from the checkpoint of step 3: the same adapter."""
     spec = tap_spec(16) if kind == "tap" else oft_spec(coft=True, eps=1e-3, magnitude_steps=2)
     common = {
         "learning_rate": 5e-3,
@@ -84,12 +84,13 @@ def test_resume_continues_exactly(sd15, kind, tmp_path):
     }
     straight = train(sd15, spec, INSTANCE, CLASSES, steps=6, **common)
 
-    def stop_at_three(step, total, loss, preview):
+    def stop_during_four(step, total, loss, preview):
+        # As the Cancel button does: only set the flag. ComfyUI's ops then raise in the middle of
+        # step 4's forward pass, after that step has drawn its noise and images.
         if step == 3:
             comfy.model_management.interrupt_current_processing(True)
-            comfy.model_management.throw_exception_if_processing_interrupted()
 
-    stopped = train(sd15, spec, INSTANCE, CLASSES, steps=6, checkpoint_every=100, report=stop_at_three, **common)
+    stopped = train(sd15, spec, INSTANCE, CLASSES, steps=6, checkpoint_every=100, report=stop_during_four, **common)
     assert stopped.cancelled and stopped.checkpoints[-1].endswith("step_000003.ckpt")
     resumed = train(sd15, spec, INSTANCE, CLASSES, steps=6, resume_from=stopped.checkpoints[-1], **common)
     assert resumed.steps_done == straight.steps_done == 6 + (2 if kind == "oft" else 0)
@@ -99,6 +100,19 @@ def test_resume_continues_exactly(sd15, kind, tmp_path):
     # Resuming with other inputs is refused.
     with pytest.raises(TrainingInputError, match="made from other inputs"):
         train(sd15, spec, INSTANCE[:2], CLASSES, steps=6, resume_from=stopped.checkpoints[-1], **common)
+
+
+def test_resume_with_more_steps_stretches_the_schedule(sd15, tmp_path):
+    common = {"learning_rate": 5e-3, "checkpoint_dir": str(tmp_path), "lr_schedule": "linear"}
+    short = train(sd15, tap_spec(16), INSTANCE, steps=4, checkpoint_every=4, **common)
+    longer = train(sd15, tap_spec(16), INSTANCE, steps=8, resume_from=short.checkpoints[-1], **common)
+    straight = train(sd15, tap_spec(16), INSTANCE, steps=8, **common)
+    changed = max(
+        float((longer.adapter_set.tensors()[k] - v).abs().max()) for k, v in short.adapter_set.tensors().items()
+    )
+    assert changed > 1e-6  # the old schedule would have reached a learning rate of 0 at step 4
+    assert longer.steps_done == 8 and len(longer.losses) == 8
+    assert straight.losses[:1] == pytest.approx(longer.losses[:1])
 
 
 def test_cancel_keeps_the_last_completed_step_and_the_base(sd15, tmp_path):
@@ -134,9 +148,11 @@ def test_nan_loss_stops_with_a_clear_error_and_no_nan_weights(sd15):
     assert torch.equal(unet_output(model, x, sigma, ctx), before)
 
 
+@pytest.mark.parametrize("kind", ["tap", "oft"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_runs_with_fp32_master_weights(sd15, precision):
-    result = train(sd15, tap_spec(16), INSTANCE, steps=2, precision=precision)
+def test_mixed_precision_runs_with_fp32_master_weights(sd15, precision, kind):
+    spec = tap_spec(16) if kind == "tap" else oft_spec()
+    result = train(sd15, spec, INSTANCE, steps=2, precision=precision)
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert all(t.dtype == torch.float32 for t in result.adapter_set.tensors().values())
 
@@ -147,6 +163,7 @@ def test_mixed_precision_runs_with_fp32_master_weights(sd15, precision):
         ("no_images", "instance_images", "no images"),
         ("mixed_sizes", "instance_images", "images of mixed sizes"),
         ("spec_does_not_fit", "spec", "input width 320 does not divide into r=7 blocks"),
+        ("untrainable_layer", "spec", "'time_embed.0' cannot be trained with OFT"),
         ("no_class_prompt", "class_prompt", "prior preservation is on"),
         ("no_class_images", "class_images", "no class images are connected"),
         ("prompt_lines", "instance_prompt", "has 2 lines but there are 3 images"),
@@ -166,6 +183,8 @@ def test_bad_input_is_refused_before_training(sd15, case, input_name, message):
         kwargs["resize_mode"] = "none"
     elif case == "spec_does_not_fit":
         spec = OFTSpec(OFTConfig(r=7))
+    elif case == "untrainable_layer":
+        spec = OFTSpec(OFTConfig(r=4), targets=("time_embed.0",))
     elif case == "no_class_prompt":
         kwargs.update(prior_loss_weight=1.0, class_prompt="  ")
         classes = CLASSES

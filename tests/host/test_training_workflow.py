@@ -199,3 +199,26 @@ def test_class_images_are_cached_on_disk(sd15, tmp_path):
     )
     assert not cached_other and len(list(tmp_path.iterdir())) == 2
     assert (other - first).abs().max() > 1e-3
+
+
+def test_image_folder_refuses_partial_captions(base_dir):
+    from taptune.nodes.common import NodeInputError
+    from taptune.nodes.image_folder import TapTuneLoadImageFolder
+
+    folder = base_dir / "input" / "partly"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        Image.fromarray((smooth_image(i).numpy() * 255).round().astype(np.uint8)).save(folder / f"img_{i}.png")
+    (folder / "img_1.txt").write_text("a photo of sks dog")
+    with pytest.raises(
+        NodeInputError, match=r"input 'folder': 2 of 3 images have no caption \.txt \(img_0\.png, img_2\.png\)"
+    ):
+        TapTuneLoadImageFolder.execute("partly", "none", 64, False)
+    for i in (0, 2):
+        (folder / f"img_{i}.txt").write_text(f"a photo of sks dog {i}")
+    images, captions = TapTuneLoadImageFolder.execute("partly", "none", 64, True).args
+    assert len(images) == 3 and captions.splitlines() == [
+        "a photo of sks dog 0",
+        "a photo of sks dog",
+        "a photo of sks dog 2",
+    ]

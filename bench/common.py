@@ -37,14 +37,18 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]
 def interleaved(
     fns: dict[str, Callable[[], Any]], rounds: int, before: dict[str, Callable[[], Any]] | None = None
 ) -> dict[str, list[float]]:
-    """Time several variants in alternation (A B A B ...) so that machine noise hits all alike.
+    """Time several variants in alternation so that machine noise hits all alike.
 
+    The order reverses every round (A B, B A, A B, ...): whatever the first or last place in
+    a round costs (a cold cache after switching models, say) falls on every variant alike.
     ``before[name]`` runs untimed ahead of each timing (e.g. loading that variant's model, so
     that switching between clones is not counted as a sampling step).
     """
     out: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else reversed(names):
+            fn = fns[name]
             if before and name in before:
                 before[name]()
             start = time.perf_counter()

@@ -154,6 +154,36 @@ def ui_to_api(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return prompt
 
 
+def ksampler(
+    model: list[Any],
+    positive: list[Any],
+    negative: list[Any],
+    latent: list[Any],
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
+) -> dict[str, Any]:
+    """A stock ``KSampler`` node in API form, its inputs given as links or values."""
+    return {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": model,
+            "seed": seed,
+            "steps": steps,
+            "cfg": cfg,
+            "sampler_name": sampler_name,
+            "scheduler": scheduler,
+            "positive": positive,
+            "negative": negative,
+            "latent_image": latent,
+            "denoise": 1.0,
+        },
+    }
+
+
 def example_prompts(checkpoint: str = DEMO_CHECKPOINT) -> dict[str, dict[str, dict[str, Any]]]:
     """The example workflows in API form, keyed by file stem."""
     text = {"clip": ["ckpt", 1]}
@@ -165,21 +195,7 @@ def example_prompts(checkpoint: str = DEMO_CHECKPOINT) -> dict[str, dict[str, di
     }
 
     def sampler(model: list[Any]) -> dict[str, Any]:
-        return {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": model,
-                "seed": 42,
-                "steps": 12,
-                "cfg": 6.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["pos", 0],
-                "negative": ["neg", 0],
-                "latent_image": ["latent", 0],
-                "denoise": 1.0,
-            },
-        }
+        return ksampler(model, ["pos", 0], ["neg", 0], ["latent", 0], seed=42, steps=12, cfg=6.0)
 
     def decode_and_save(sample: str, prefix: str) -> dict[str, Any]:
         return {

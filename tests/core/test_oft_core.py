@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from devtools.foreign_files import official_oft_dreambooth_state
 from taptune.adapter_core import OFTAdapterSet, OFTConfig, OFTConfigError, OFTRotation, hyperspherical_energy
 from taptune.adapter_core.file_format import AdapterFileError, load_adapter_file, save_adapter_file
 from taptune.adapter_core.oft import cayley, cayley_neumann, neumann_error_bound, rotate_input, rotate_weight
@@ -292,19 +293,7 @@ def test_old_peft_files_are_refused(tmp_path):
 
 
 def test_official_oft_dreambooth_output(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for attn in ("attn1", "attn2"):
-        for layer, width in (
-            ("to_q", 320),
-            ("to_k", 768 if attn == "attn2" else 320),
-            ("to_v", 768 if attn == "attn2" else 320),
-            ("to_out", 320),
-        ):
-            prefix = f"up_blocks.1.attentions.2.transformer_blocks.0.{attn}.processor.{layer}_oft"
-            state[f"{prefix}.R"] = torch.randn(4, width // 4, width // 4, generator=g) * 0.01
-            state[f"{prefix}.cross_attention_dim"] = torch.tensor(width)
-            state[f"{prefix}.hidden_size"] = torch.tensor(320)
+    state = official_oft_dreambooth_state("up_blocks.1.attentions.2", scale=0.01, seed=0)
     torch.save(state, tmp_path / "pytorch_lora_weights.bin")
     adapter_file = import_oft(tmp_path / "pytorch_lora_weights.bin")
     key = "output_blocks.5.1.transformer_blocks.0.attn2.to_out.0.oft.S"

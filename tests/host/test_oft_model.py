@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from devtools.checkpoints import SD2_SMALL, SD15_FULL, SDXL_SMALL
+from devtools.foreign_files import official_oft_dreambooth_state
+from devtools.workflows import ksampler
 from reference import adapter_fn, random_tap_tensors, reference_hooks, rotated_weight, write_tap_file
 from taptune.adapter_core import OFTAdapterSet, OFTConfig, load_adapter_file
 from taptune.adapter_core.oft_import import diffusers_to_comfy_path
@@ -167,21 +169,7 @@ def test_export_reproduces_the_rotation_through_the_stock_lora_loader(
             "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of sks dog", "clip": ["1", 1]}},
             "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
             "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-            "6": {
-                "class_type": "KSampler",
-                "inputs": {
-                    "model": ["5", 0],
-                    "seed": 3,
-                    "steps": 3,
-                    "cfg": 4.0,
-                    "sampler_name": "euler",
-                    "scheduler": "normal",
-                    "positive": ["2", 0],
-                    "negative": ["3", 0],
-                    "latent_image": ["4", 0],
-                    "denoise": 1.0,
-                },
-            },
+            "6": ksampler(["5", 0], ["2", 0], ["3", 0], ["4", 0], seed=3, steps=3, cfg=4.0),
             "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "latents/oft"}},
         }
         if kind == "ours":
@@ -236,18 +224,7 @@ def test_diffusers_mapping_agrees_with_comfyui():
 
 def test_import_node_checks_the_fit_and_records_the_base(sd15, adapters_dir, tmp_path):
     model = sd15[0]
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for attn in ("attn1", "attn2"):
-        for layer, width in (
-            ("to_q", 320),
-            ("to_k", 768 if attn == "attn2" else 320),
-            ("to_v", 768 if attn == "attn2" else 320),
-            ("to_out", 320),
-        ):
-            state[f"down_blocks.0.attentions.0.transformer_blocks.0.{attn}.processor.{layer}_oft.R"] = (
-                torch.randn(4, width // 4, width // 4, generator=g) * 0.02
-            )
+    state = official_oft_dreambooth_state("down_blocks.0.attentions.0", scale=0.02, seed=0)
     torch.save(state, tmp_path / "pytorch_lora_weights.bin")
     (name,) = TapTuneImportOFT.execute(str(tmp_path / "pytorch_lora_weights.bin"), "imported/oft", 0, model).args
     oft_set = adapter_set_from_file(load_adapter_file(adapters_dir / name), model)

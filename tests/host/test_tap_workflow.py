@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from devtools.workflows import ksampler
 from reference import write_tap_file
 from taptune.adapter_core import TapAdapterSet, TapConfig
 from taptune.adapter_core.file_format import save_adapter_file
@@ -19,21 +20,16 @@ def graph(ckpt, adapter=None, strength=1.0, sampler="euler", batch=1, cfg=5.0, s
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of sks dog", "clip": ["1", 1]}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
-        "6": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["5", 0] if adapter else ["1", 0],
-                "seed": seed,
-                "steps": 3,
-                "cfg": cfg,
-                "sampler_name": sampler,
-                "scheduler": "normal",
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "denoise": 1.0,
-            },
-        },
+        "6": ksampler(
+            ["5", 0] if adapter else ["1", 0],
+            ["2", 0],
+            ["3", 0],
+            ["4", 0],
+            seed=seed,
+            steps=3,
+            cfg=cfg,
+            sampler_name=sampler,
+        ),
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
         "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
     }

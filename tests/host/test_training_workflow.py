@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 from training_helpers import smooth_image
 
+from devtools.workflows import ksampler
 from taptune.training.class_images import ClassImageSettings, generate_class_images
 
 
@@ -33,21 +34,7 @@ def sampling(model_ref, ckpt_ref, seed=5):
         "20": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of sks dog", "clip": [ckpt_ref, 1]}},
         "21": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": [ckpt_ref, 1]}},
         "22": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "23": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": model_ref,
-                "seed": seed,
-                "steps": 3,
-                "cfg": 5.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["20", 0],
-                "negative": ["21", 0],
-                "latent_image": ["22", 0],
-                "denoise": 1.0,
-            },
-        },
+        "23": ksampler(model_ref, ["20", 0], ["21", 0], ["22", 0], seed=seed, steps=3, cfg=5.0),
         "24": {"class_type": "VAEDecode", "inputs": {"samples": ["23", 0], "vae": [ckpt_ref, 2]}},
         "25": {"class_type": "PreviewImage", "inputs": {"images": ["24", 0]}},
     }

@@ -110,6 +110,29 @@ def test_strength_zero_is_the_base_model(sd15, adapters_dir):
     assert torch.equal(unet_output(zero, x, sigma, ctx), unet_output(model, x, sigma, ctx))
 
 
+def test_a_loaded_oft_model_is_a_plain_model(sd15, adapters_dir):
+    """Why merged sampling costs what the base costs: nothing but the weights' values differ."""
+    model = sd15[0]
+    comfy.model_management.load_models_gpu([model])
+    unet = model.model.diffusion_model
+    write_oft_file(adapters_dir / "oft.safetensors", unet)
+
+    def projections():
+        return {name: unet.get_submodule(name) for name, _ in attention_layers(unet)}
+
+    before = {path: (type(layer), layer.weight.dtype) for path, layer in projections().items()}
+    originals = {path: layer.weight.detach().clone() for path, layer in projections().items()}
+    (ours,) = TapTuneLoadAdapter.execute(model, "oft.safetensors", 1.0).args
+    assert not ours.object_patches and ours.model_options == model.model_options
+    comfy.model_management.load_models_gpu([ours])
+    for path, layer in projections().items():
+        assert (type(layer), layer.weight.dtype) == before[path]
+        assert layer.weight.is_contiguous() and not getattr(layer, "weight_function", [])
+        assert not torch.equal(layer.weight, originals[path])  # the rotation sits in the weight itself
+    comfy.model_management.load_models_gpu([model])
+    assert all(torch.equal(layer.weight, originals[path]) for path, layer in projections().items())
+
+
 @pytest.mark.parametrize("targets", ["attention", "attention_ff", "cross_attention"])
 def test_merged_equals_the_training_form(sd15, targets):
     model = sd15[0]

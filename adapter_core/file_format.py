@@ -100,12 +100,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{Path(path).name}: no '{METADATA_KEY}' metadata; this is not a TapTune adapter file "
             "(LoRA files go into ComfyUI's LoraLoader instead)"
         )
-    try:
-        header = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{Path(path).name}: '{METADATA_KEY}' metadata is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise AdapterFileError(f"{Path(path).name}: '{METADATA_KEY}' metadata must be a JSON object")
+    header = parse_json_object(raw, f"{Path(path).name}: '{METADATA_KEY}' metadata")
     fmt = header.get("format")
     if fmt != FORMAT:
         raise AdapterFileError(f"{Path(path).name}: format {fmt!r} is not supported; this version reads {FORMAT!r}")
@@ -119,6 +114,17 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     if base is not None and not isinstance(base, dict):
         raise AdapterFileError(f"{Path(path).name}: 'base' must be an object when present")
     return header
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object; ``what`` names it in the :class:`AdapterFileError` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise AdapterFileError(f"{what} must be a JSON object")
+    return value
 
 
 def load_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:

@@ -19,7 +19,6 @@ Module names are diffusers' (``down_blocks.0.attentions.0...``) and are mapped t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .file_format import AdapterFile, AdapterFileError
+from .file_format import AdapterFile, AdapterFileError, parse_json_object
 from .oft import cayley, skew
 
 _PREFIXES = ("base_model.model.", "unet.", "model.")
@@ -87,16 +86,6 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
         return handle.metadata() or {}
 
 
-def _json(text: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise AdapterFileError(f"{what} must be a JSON object")
-    return value
-
-
 def read_oft_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Tensors and (for PEFT) the adapter configuration of a file or a PEFT output folder."""
     path = Path(source)
@@ -107,16 +96,16 @@ def read_oft_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Ten
         if not weights:
             raise AdapterFileError(f"{path}: no adapter_model.safetensors / .bin inside")
         if (path / "adapter_config.json").exists():
-            config = _json((path / "adapter_config.json").read_text(), "adapter_config.json")
+            config = parse_json_object((path / "adapter_config.json").read_text(), "adapter_config.json")
         path = weights[0]
     elif not path.is_file():
         raise AdapterFileError(f"{path} does not exist")
     state = _load_any(path)
     metadata = _safetensors_metadata(path)
     if config is None and "lora_adapter_metadata" in metadata:
-        config = _json(metadata["lora_adapter_metadata"], "lora_adapter_metadata")
+        config = parse_json_object(metadata["lora_adapter_metadata"], "lora_adapter_metadata")
     if config is None and (path.parent / "adapter_config.json").exists():
-        config = _json((path.parent / "adapter_config.json").read_text(), "adapter_config.json")
+        config = parse_json_object((path.parent / "adapter_config.json").read_text(), "adapter_config.json")
     return state, config
 
 

@@ -242,18 +242,6 @@ def rotate_weight_from_raw(
     return solved.to(weight.dtype) - weight
 
 
-def rotate_input_from_generator(x: torch.Tensor, S: torch.Tensor, neumann_terms: int | None = None) -> torch.Tensor:
-    """``R^T x`` for a skew-symmetric generator ``S`` (``S = (S - S^T)/2``, so ``P = S`` works)."""
-    return rotate_input_from_raw(x, S, 1.0, neumann_terms)
-
-
-def rotate_weight_from_generator(
-    weight: torch.Tensor, S: torch.Tensor, neumann_terms: int | None = None
-) -> torch.Tensor:
-    """``W R^T`` for a skew-symmetric generator ``S``."""
-    return rotate_weight_from_raw(weight, S, 1.0, neumann_terms)
-
-
 def activation_side_is_cheaper(tokens: int, out_features: int, k: int, training: bool) -> bool:
     """Whether to rotate the activations rather than the weight, by multiply-adds.
 
@@ -303,12 +291,16 @@ class OFTRotation(nn.Module):
         base = self.config.eps * self.k * self.k
         return base if self.config.block_share else base / math.sqrt(self.r)
 
+    @property
+    def blocks(self) -> torch.Tensor:
+        """``P`` as a ``(blocks, k, k)`` stack (a view; ``(1, k, k)`` when shared)."""
+        return self.P if self.P.dim() == 3 else self.P.unsqueeze(0)
+
     def generator(self) -> torch.Tensor:
         """The skew-symmetric generator ``S``, always as a ``(blocks, k, k)`` stack."""
-        P = self.P if self.P.dim() == 3 else self.P.unsqueeze(0)
-        return skew(P)
+        return skew(self.blocks)
 
-    def rotation(self, strength: float = 1.0, neumann_terms: int | None = None, precise: bool = False) -> torch.Tensor:
+    def rotation(self, strength: float = 1.0, precise: bool = False) -> torch.Tensor:
         """Blocks of ``R(strength * S)``, shape ``(r, k, k)`` or ``(1, k, k)`` when shared.
 
         ``strength`` scales the generator, so every value gives an orthogonal matrix:
@@ -318,11 +310,7 @@ class OFTRotation(nn.Module):
         S = self.generator() * strength
         if precise:
             S = S.double()
-        if neumann_terms is None:
-            R = cayley(S)
-        else:
-            R = cayley_neumann(S, neumann_terms)
-        return R.to(self.P.dtype)
+        return cayley(S).to(self.P.dtype)
 
     def magnitude_at(self, strength: float = 1.0) -> torch.Tensor | None:
         """``m ** strength`` (so 0 leaves rows unscaled and -1 undoes ``m`` exactly)."""
@@ -336,7 +324,7 @@ class OFTRotation(nn.Module):
 
         Runs before each training forward pass, without gradient (as in the paper).
         """
-        P = self.P if self.P.dim() == 3 else self.P.unsqueeze(0)
+        P = self.blocks
         norms = torch.linalg.matrix_norm(P.float()).to(P.dtype)
         factor = torch.where(norms > self.radius, self.radius / norms.clamp_min(1e-30), torch.ones_like(norms))
         P.mul_(factor[:, None, None])
@@ -369,10 +357,10 @@ class OFTRotation(nn.Module):
         The rotation goes onto the activations or onto the weight, whichever costs less for
         these shapes (:func:`activation_side_is_cheaper`, backward included when training);
         either way it is solved straight from ``S`` (one LU per block, ``R`` is never formed):
-        see :func:`rotate_input_from_generator` and :func:`rotate_weight_from_generator`.
+        see :func:`rotate_input_from_raw` and :func:`rotate_weight_from_raw`.
         """
         weight = weight.to(device=x.device, dtype=x.dtype)
-        P = (self.P if self.P.dim() == 3 else self.P.unsqueeze(0)).to(device=x.device)
+        P = self.blocks.to(device=x.device)
         if x.dtype not in (torch.float32, torch.float64):
             P = P.float()  # the solve needs fp32; the big matmul below stays in x's dtype
         tokens = x.numel() // x.shape[-1]

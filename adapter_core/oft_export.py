@@ -8,7 +8,7 @@ is no longer a rotation). The file is as large as the layers it touches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 
@@ -19,19 +19,19 @@ LORA_PREFIX = "diffusion_model."
 
 def oft_weight_diffs(
     oft_set: OFTAdapterSet,
-    weight_of: Callable[[str], torch.Tensor] | Mapping[str, torch.Tensor],
+    weight_of: Callable[[str], torch.Tensor],
     strength: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
     """``{"diffusion_model.<layer>.diff": diag(m^s) W R(sS)^T - W}`` for every rotated layer.
 
-    ``weight_of`` gives the base weight ``W`` of a layer path (a mapping or a function).
+    ``weight_of`` gives the base weight ``W`` of a layer path; it is asked for one layer at a
+    time, so the caller need not hold every weight at once.
     """
-    lookup = weight_of.__getitem__ if isinstance(weight_of, Mapping) else weight_of
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for path, rotation in oft_set.rotations.items():
-            weight = lookup(path).to(torch.float32)
+            weight = weight_of(path).to(torch.float32)
             merged = rotation.merged_weight(weight, strength)
             out[f"{LORA_PREFIX}{path}.diff"] = (merged - weight).to(dtype).contiguous()
     return out

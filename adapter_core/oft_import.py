@@ -30,7 +30,8 @@ import torch
 from safetensors import safe_open
 
 from .file_format import AdapterFile, AdapterFileError, parse_json_object
-from .oft import cayley, skew
+from .oft import OFTConfig, OFTConfigError, cayley, skew
+from .oft_set import OFTGroup
 
 _PREFIXES = ("base_model.model.", "unet.", "model.")
 _DOWN = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$")
@@ -63,11 +64,12 @@ def diffusers_to_comfy_path(path: str, layers_per_block: int = 2) -> str:
     )
 
 
-def _load_any(path: Path) -> dict[str, torch.Tensor]:
+def _load_any(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and (safetensors only) the metadata of a weights file."""
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
-                return {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - not a dict
+                return {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {}  # noqa: SIM118
         except Exception as exc:  # safetensors raises several types for damaged files
             raise AdapterFileError(f"{path.name}: not a readable safetensors file: {exc}") from None
     try:
@@ -76,14 +78,15 @@ def _load_any(path: Path) -> dict[str, torch.Tensor]:
         raise AdapterFileError(f"{path.name}: cannot be read as a weights-only state dict: {exc}") from None
     if not isinstance(state, Mapping):
         raise AdapterFileError(f"{path.name}: expected a state dict")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, {}
 
 
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    if path.suffix != ".safetensors":
-        return {}
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata() or {}
+def _group(layers: list[str], **config: Any) -> dict[str, Any]:
+    """A metadata entry for ``layers``, validated as any TapTune OFT group is."""
+    try:
+        return OFTGroup(OFTConfig(**config), sorted(layers)).to_json()
+    except OFTConfigError as exc:
+        raise AdapterFileError(f"the adapter's OFT settings are not valid: {exc}") from None
 
 
 def read_oft_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -100,8 +103,7 @@ def read_oft_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Ten
         path = weights[0]
     elif not path.is_file():
         raise AdapterFileError(f"{path} does not exist")
-    state = _load_any(path)
-    metadata = _safetensors_metadata(path)
+    state, metadata = _load_any(path)
     if config is None and "lora_adapter_metadata" in metadata:
         config = parse_json_object(metadata["lora_adapter_metadata"], "lora_adapter_metadata")
     if config is None and (path.parent / "adapter_config.json").exists():
@@ -210,14 +212,9 @@ def oft_file_from_peft(
     coft = bool(config.get("coft", False))
     # PEFT clips ||Q|| to eps / sqrt(blocks); the paper (and TapTune) clip ||P|| to eps k^2 / sqrt(blocks),
     # so the same constraint is eps_peft / k^2 here.
+    eps = float(config.get("eps", 6e-5))
     groups = [
-        {
-            "block_size": k,
-            "block_share": shared,
-            "coft": coft,
-            "eps": float(config.get("eps", 6e-5)) / (k * k),
-            "modules": sorted(layers),
-        }
+        _group(layers, r=None, block_size=k, block_share=shared, coft=coft, eps=eps / (k * k))
         for k, layers in sorted(by_block_size.items())
     ]
     notes = "imported from Hugging Face PEFT OFT"
@@ -231,7 +228,7 @@ def oft_file_from_official(
 ) -> AdapterFile:
     """A ``kind: "oft"`` file from the official OFT DreamBooth output (``...processor.to_q_oft.R``)."""
     tensors: dict[str, torch.Tensor] = {}
-    groups: dict[tuple[int, bool], list[str]] = {}
+    groups: dict[tuple[int | None, int | None], list[str]] = {}
     for key, value in state.items():
         parts = key.split(".")
         if len(parts) < 4 or parts[-1] != "R" or parts[-2] not in _OFFICIAL_LAYERS or parts[-3] != "processor":
@@ -239,27 +236,16 @@ def oft_file_from_official(
         attention = ".".join(parts[:-3])
         layer = diffusers_to_comfy_path(f"{attention}.{_OFFICIAL_LAYERS[parts[-2]]}", layers_per_block)
         raw = value.to(torch.float64)
-        shared = raw.dim() == 2
-        S = skew(raw if not shared else raw.unsqueeze(0))
-        tensors[f"{layer}.oft.S"] = (S[0] if shared else S).to(torch.float32)
-        blocks = 0 if shared else raw.shape[0]
-        groups.setdefault((blocks, shared), []).append(layer)
+        tensors[f"{layer}.oft.S"] = skew(raw).to(torch.float32)  # (k, k) when shared, else (r, k, k)
+        # A shared block is configured by its size (r differs per layer width), separate ones by r.
+        shape = (None, raw.shape[-1]) if raw.dim() == 2 else (raw.shape[0], None)
+        groups.setdefault(shape, []).append(layer)
     if not tensors:
         raise AdapterFileError("no official OFT tensors ('<attention>.processor.to_q_oft.R' ...)")
-    entries = []
-    for (blocks, shared), layers in sorted(groups.items()):
-        if shared:
-            entries.append(
-                {
-                    "block_size": tensors[f"{layers[0]}.oft.S"].shape[-1],
-                    "block_share": True,
-                    "coft": coft,
-                    "eps": eps,
-                    "modules": sorted(layers),
-                }
-            )
-        else:
-            entries.append({"r": blocks, "block_share": False, "coft": coft, "eps": eps, "modules": sorted(layers)})
+    entries = [
+        _group(layers, r=r, block_size=block_size, block_share=r is None, coft=coft, eps=eps)
+        for (r, block_size), layers in sorted(groups.items(), key=lambda item: (item[0][0] or 0, item[0][1] or 0))
+    ]
     return AdapterFile("oft", entries, tensors, None, {"notes": "imported from the official OFT DreamBooth code"})
 
 

@@ -24,16 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .oft import OFTConfigError, OFTRotation
+from .oft_set import TARGET_PRESETS
 
 WeightsOf = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 AttentionFn = Callable[..., torch.Tensor]
 OFT_CHILD = "oft"
 
-#: The layers OFT can train, by where they sit in a transformer block: (module, layer inside it).
-_TRAINABLE_LAYERS: tuple[tuple[str, str], ...] = (
-    *((module, layer) for module in ("attn1", "attn2") for layer in ("to_q", "to_k", "to_v", "to_out.0")),
-    ("ff", "net.0.proj"),
-    ("ff", "net.2"),
+#: The layers OFT can train (every target preset's), by where they sit in a transformer block:
+#: (module, layer inside it).
+_TRAINABLE_LAYERS: tuple[tuple[str, str], ...] = tuple(
+    (module, layer) for module, layer in (path.split(".", 1) for path in TARGET_PRESETS["attention_ff"])
 )
 
 
@@ -131,13 +131,36 @@ class OFTCrossAttention(_RotatedParent):
         mask: torch.Tensor | None = None,
         transformer_options: dict[str, Any] = {},
     ) -> torch.Tensor:
-        q = self.rotated("to_q", x)
-        context = x if context is None else context
-        k = self.rotated("to_k", context)
-        v = self.rotated("to_v", value if value is not None else context)
-        out = self.attention(q, k, v, self.heads, mask, self.attn_precision, transformer_options)
-        out = self.rotated("to_out.0", out)
-        return self.to_out[1](out) if len(self.to_out) > 1 else out
+        def kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return self.attention(q, k, v, self.heads, mask, self.attn_precision, transformer_options)
+
+        return attend(self, x, context, value, kernel)
+
+
+def attend(
+    attention: nn.Module,
+    x: torch.Tensor,
+    context: torch.Tensor | None,
+    value: torch.Tensor | None,
+    kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """An attention module's projections around ``kernel(q, k, v)``.
+
+    ``attention`` is the host's attention module or its :class:`OFTCrossAttention` training
+    wrapper; through the wrapper every projection goes through its rotation, so a replaced
+    attention kernel (a host patch) still trains the rotations.
+    """
+    if isinstance(attention, OFTCrossAttention):
+        project = attention.rotated
+    else:
+
+        def project(name: str, t: torch.Tensor) -> torch.Tensor:
+            return attention.get_submodule(name)(t)
+
+    context = x if context is None else context
+    value = context if value is None else value
+    out = project("to_out.0", kernel(project("to_q", x), project("to_k", context), project("to_v", value)))
+    return attention.to_out[1](out) if len(attention.to_out) > 1 else out
 
 
 class OFTFeedForward(_RotatedParent):

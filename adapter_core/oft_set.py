@@ -23,21 +23,16 @@ MARKER = "oft"
 
 ATTENTION_LAYERS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD_LAYERS: tuple[str, ...] = ("ff.net.0.proj", "ff.net.2")
+_ALL_ATTENTION = tuple(f"{a}.{layer}" for a in ("attn1", "attn2") for layer in ATTENTION_LAYERS)
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
-    "attention": tuple(f"{a}.{layer}" for a in ("attn1", "attn2") for layer in ATTENTION_LAYERS),
+    "attention": _ALL_ATTENTION,
     "self_attention": tuple(f"attn1.{layer}" for layer in ATTENTION_LAYERS),
     "cross_attention": tuple(f"attn2.{layer}" for layer in ATTENTION_LAYERS),
-    "attention_ff": tuple(f"{a}.{layer}" for a in ("attn1", "attn2") for layer in ATTENTION_LAYERS)
-    + FEED_FORWARD_LAYERS,
+    "attention_ff": _ALL_ATTENTION + FEED_FORWARD_LAYERS,
 }
 
 #: ``(in_features, out_features)`` of a linear layer.
 LayerShape = tuple[int, int]
-
-
-def base_layer(module: nn.Module) -> nn.Module:
-    """The original linear layer behind an OFT training wrapper, or ``module`` itself."""
-    return getattr(module, "base_layer", module)
 
 
 def find_oft_targets(
@@ -63,7 +58,7 @@ def find_oft_targets(
     out: dict[str, LayerShape] = {}
     for path in paths:
         try:
-            layer = base_layer(get(path))
+            layer = get(path)
         except AttributeError:
             raise OFTConfigError(f"{path!r} is not a layer of this model") from None
         if not (

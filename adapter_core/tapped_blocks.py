@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .oft_layer import attend
 from .sites import base_block, is_resblock, is_transformer_block
 from .tap_adapter import TapAdapter
 from .tap_points import RESBLOCK_ORDER, TRANSFORMER_ORDER, SiteKind, TapConfigError
@@ -186,18 +187,8 @@ class TappedTransformerBlock(_TappedBlock):
         key = full if full in replacements else block
         if key not in replacements:
             return attention(n, context=context, value=value, transformer_options=transformer_options)
-        if context is None:
-            context = n
-        if value is None:
-            value = context
-        # An OFT training wrapper routes its projections through the rotations.
-        rotated = getattr(attention, "rotated", None)
-        if rotated is None:
-            out = replacements[key](attention.to_q(n), attention.to_k(context), attention.to_v(value), extra)
-            return attention.to_out(out)
-        out = replacements[key](rotated("to_q", n), rotated("to_k", context), rotated("to_v", value), extra)
-        out = rotated("to_out.0", out)
-        return attention.to_out[1](out) if len(attention.to_out) > 1 else out
+        replacement = replacements[key]
+        return attend(attention, n, context, value, lambda q, k, v: replacement(q, k, v, extra))
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, transformer_options: dict[str, Any] = {}

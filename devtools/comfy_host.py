@@ -108,9 +108,6 @@ class PromptResult:
                 return data
         return None
 
-    def interrupted(self) -> bool:
-        return any(event == "execution_interrupted" for event, _ in self.status)
-
     def output(self, node_id: str, index: int = 0) -> Any:
         """Output ``index`` of node ``node_id`` (the first list item)."""
         return self.outputs[node_id][index][0]

@@ -8,6 +8,8 @@ from pathlib import Path
 import folder_paths
 from comfy_api.v0_0_2 import io
 
+from ..adapter_core.file_format import numbered_path
+
 ADAPTER_FOLDER = "adapters"
 ADAPTER_EXTENSIONS = {".safetensors"}
 
@@ -71,6 +73,15 @@ def adapters_output_folder() -> Path:
     return Path(folder_paths.get_folder_paths(ADAPTER_FOLDER)[0])
 
 
-def adapter_name_of(path: Path) -> str:
-    """The name the adapter combo lists for a file written into the adapters folder."""
-    return path.resolve().relative_to(adapters_output_folder().resolve()).as_posix()
+def new_output_file(node: str, filename_prefix: str, folder: Path | None = None) -> tuple[Path, str]:
+    """The next numbered file for ``filename_prefix`` and the name a file combo lists it by.
+
+    ``folder`` defaults to the adapters folder; a prefix that is empty or climbs out of the
+    folder is the node's input error.
+    """
+    root = (folder if folder is not None else adapters_output_folder()).resolve()
+    try:
+        target = numbered_path(root, filename_prefix)
+    except ValueError as exc:
+        raise NodeInputError(node, "filename_prefix", str(exc)) from None
+    return target, target.relative_to(root).as_posix()

@@ -8,10 +8,10 @@ from pathlib import Path
 import folder_paths
 from comfy_api.v0_0_2 import io, ui
 
-from ..adapter_core.file_format import AdapterFileError, numbered_path, save_adapter_file
+from ..adapter_core.file_format import AdapterFileError, save_adapter_file
 from ..adapter_core.official_tap_import import import_official_tap_dir
 from ..adapter_core.tap_points import TapConfigError
-from .common import CATEGORY_CONVERT, NodeInputError, adapter_name_of, adapters_output_folder
+from .common import CATEGORY_CONVERT, NodeInputError, new_output_file
 
 
 def resolve_user_path(node: str, input_name: str, value: str, expect: str = "any") -> Path:
@@ -78,10 +78,6 @@ class TapTuneImportOfficialAdapters(io.ComfyNode):
             tap_set = import_official_tap_dir(folder, config_path)
         except (AdapterFileError, TapConfigError) as exc:
             raise NodeInputError(node, "directory", str(exc)) from None
-        try:
-            target = numbered_path(adapters_output_folder(), filename_prefix)
-        except ValueError as exc:
-            raise NodeInputError(node, "filename_prefix", str(exc)) from None
+        target, name = new_output_file(node, filename_prefix)
         save_adapter_file(target, tap_set.to_file(notes=f"imported from the official code's folder {folder.name}"))
-        name = adapter_name_of(target)
         return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name}: " + "; ".join(tap_set.describe())))

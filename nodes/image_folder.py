@@ -25,10 +25,7 @@ def _natural(name: str) -> list[object]:
 
 def input_folders() -> list[str]:
     """Subfolders of ComfyUI's input folder (relative paths), for the combo."""
-    root = Path(folder_paths.get_input_directory())
-    if not root.is_dir():
-        return []
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir() and not p.name.startswith("."))
+    return [f for f in folder_paths.get_input_subfolders() if not any(part.startswith(".") for part in f.split("/"))]
 
 
 def read_folder(folder: Path) -> tuple[list[torch.Tensor], list[str], list[str]]:

@@ -6,17 +6,16 @@ from typing import Any
 
 from comfy_api.v0_0_2 import io, ui
 
-from ..adapter_core.base_fingerprint import BaseMismatchError, describe_base
-from ..adapter_core.file_format import AdapterFileError, load_adapter_file
-from ..adapter_core.oft import OFTConfigError
-from ..adapter_core.tap_points import TapConfigError
+from ..adapter_core.base_fingerprint import describe_base
+from ..adapter_core.file_format import load_adapter_file
 from ..patching.apply import adapter_set_from_file, apply_adapter_file
 from ..patching.model_access import model_fingerprint, unet_parameter_count
 from .common import CATEGORY_LOAD, NodeInputError, adapter_fingerprint, adapter_names, adapter_path
 
 #: UNet sizes of the released base models, for the parameter share when no MODEL is connected.
 KNOWN_UNET_PARAMETERS = {"SD15": 859_520_964, "SD20": 865_910_724, "SDXL": 2_567_463_684}
-ADAPTER_ERRORS = (AdapterFileError, BaseMismatchError, TapConfigError, OFTConfigError, ValueError, TypeError)
+#: The pack's own errors (file, configuration, architecture) are all ValueErrors; TypeError: not a UNet.
+ADAPTER_ERRORS = (ValueError, TypeError)
 
 
 class TapTuneLoadAdapter(io.ComfyNode):

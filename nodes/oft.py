@@ -10,15 +10,13 @@ import torch
 from comfy_api.v0_0_2 import io, ui
 from safetensors.torch import save_file
 
-from ..adapter_core.base_fingerprint import BaseMismatchError, check_base
+from ..adapter_core.base_fingerprint import check_base
 from ..adapter_core.file_format import (
     AdapterFileError,
     atomic_write,
     load_adapter_file,
-    numbered_path,
     save_adapter_file,
 )
-from ..adapter_core.oft import OFTConfigError
 from ..adapter_core.oft_import import import_oft
 from ..adapter_core.oft_set import OFTAdapterSet
 from ..patching.apply import adapter_set_from_file
@@ -29,15 +27,12 @@ from .common import (
     CATEGORY_CONVERT,
     NodeInputError,
     adapter_fingerprint,
-    adapter_name_of,
     adapter_names,
     adapter_path,
-    adapters_output_folder,
+    new_output_file,
 )
 from .convert import resolve_user_path
 
-# All of the pack's own errors are ValueErrors (file, configuration, architecture).
-OFT_ERRORS = (AdapterFileError, OFTConfigError, BaseMismatchError, ValueError)
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -85,7 +80,7 @@ class TapTuneImportOFT(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, source: str, filename_prefix: str = "imported/oft", layers_per_block: int = 2, model: Any = None
+        cls, source: str, filename_prefix: str = "imported/oft", layers_per_block: int = 0, model: Any = None
     ) -> io.NodeOutput:
         node = "TapTuneImportOFT"
         path = resolve_user_path(node, "source", source)
@@ -94,14 +89,10 @@ class TapTuneImportOFT(io.ComfyNode):
             if model is not None:
                 check_oft_fits(model, adapter_set_from_file(adapter_file, model))
                 adapter_file.base = model_fingerprint(model)
-        except OFT_ERRORS as exc:
+        except ValueError as exc:  # every error of the pack's own (file, configuration, fit) is one
             raise NodeInputError(node, "source", str(exc)) from None
-        try:
-            target = numbered_path(adapters_output_folder(), filename_prefix)
-        except ValueError as exc:
-            raise NodeInputError(node, "filename_prefix", str(exc)) from None
+        target, name = new_output_file(node, filename_prefix)
         save_adapter_file(target, adapter_file)
-        name = adapter_name_of(target)
         layers = sum(len(g["modules"]) for g in adapter_file.adapters)
         return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name}: {layers} rotated layers"))
 
@@ -176,16 +167,11 @@ class TapTuneExportOFTAsLoRA(io.ComfyNode):
             oft_set = adapter_set_from_file(adapter_file, model)
             assert isinstance(oft_set, OFTAdapterSet)
             diffs = oft_as_lora(model, oft_set, float(strength), EXPORT_DTYPES[dtype])
-        except OFT_ERRORS as exc:
+        except ValueError as exc:  # every error of the pack's own (file, configuration, fit) is one
             raise NodeInputError(node, "adapter_name", f"{adapter_name}: {exc}") from None
-        loras = folder_paths.get_folder_paths("loras")[0]
-        try:
-            target = numbered_path(loras, filename_prefix)
-        except ValueError as exc:
-            raise NodeInputError(node, "filename_prefix", str(exc)) from None
+        target, name = new_output_file(node, filename_prefix, Path(folder_paths.get_folder_paths("loras")[0]))
         metadata = {"taptune_source": adapter_name, "taptune_strength": str(float(strength))}
         atomic_write(target, lambda tmp: save_file(diffs, tmp, metadata=metadata))
-        name = target.resolve().relative_to(Path(loras).resolve()).as_posix()
         size = sum(t.numel() * t.element_size() for t in diffs.values())
         return io.NodeOutput(
             name, ui=ui.PreviewText(f"saved models/loras/{name}: {len(diffs)} layers, {size / 2**20:.1f} MiB")

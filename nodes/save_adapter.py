@@ -6,9 +6,9 @@ from typing import Any
 
 from comfy_api.v0_0_2 import io, ui
 
-from ..adapter_core.file_format import numbered_path, save_adapter_file
+from ..adapter_core.file_format import save_adapter_file
 from ..training.trained_adapter import TrainedAdapter
-from .common import CATEGORY_TRAIN, NodeInputError, TapTuneAdapter, adapter_name_of, adapters_output_folder
+from .common import CATEGORY_TRAIN, NodeInputError, TapTuneAdapter, new_output_file
 
 NODE = "TapTuneSaveAdapter"
 
@@ -43,12 +43,8 @@ class TapTuneSaveAdapter(io.ComfyNode):
     def execute(cls, adapter: Any, filename_prefix: str = "taptune/adapter") -> io.NodeOutput:
         if not isinstance(adapter, TrainedAdapter) and not hasattr(adapter, "to_file"):
             raise NodeInputError(NODE, "adapter", "connect the adapter output of TapTuneDreamBoothTrain")
-        try:
-            target = numbered_path(adapters_output_folder(), filename_prefix)
-        except ValueError as exc:
-            raise NodeInputError(NODE, "filename_prefix", str(exc)) from None
+        target, name = new_output_file(NODE, filename_prefix)
         save_adapter_file(target, adapter.to_file())
-        name = adapter_name_of(target)
         info = adapter.info
         summary = f"saved models/adapters/{name}: {adapter.kind}, {adapter.adapter_set.num_parameters():,} parameters"
         if info.get("steps") is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,24 @@ def _first(value: Any, default: Any = None) -> Any:
     if isinstance(value, list):
         return value[0] if value else default
     return default if value is None else value
+
+
+def _settings(values: dict[str, Any]) -> TrainSettings:
+    """The run's settings from the node's widget values; what a widget leaves out keeps its default."""
+    own = {"learning_rate", "checkpoint_dir", "resume_from"}
+    # Each widget value takes its setting's type (the defaults' types: int, float, bool, str).
+    given = {
+        f.name: type(f.default)(values[f.name])
+        for f in fields(TrainSettings)
+        if f.name not in own and values.get(f.name) is not None
+    }
+    resume = values.get("resume_from") or NO_RESUME
+    return TrainSettings(
+        **given,
+        learning_rate=float(values.get("learning_rate") or 0.0) or None,  # 0: the spec kind's default
+        checkpoint_dir=str(checkpoint_root()),
+        resume_from=None if resume == NO_RESUME else str(checkpoint_root() / resume),
+    )
 
 
 class TapTuneDreamBoothTrain(io.ComfyNode):
@@ -232,29 +251,7 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
         global _incomplete_runs
         values = {k: _first(v) for k, v in inputs.items() if k not in ("instance_images", "class_images")}
         model, clip, vae, spec = (values.get(k) for k in ("model", "clip", "vae", "spec"))
-        resume = values.get("resume_from") or NO_RESUME
-        settings = TrainSettings(
-            steps=int(values["steps"]),
-            learning_rate=float(values.get("learning_rate") or 0.0) or None,
-            batch_size=int(values.get("batch_size", 1)),
-            seed=int(values.get("seed", 0)),
-            prior_loss_weight=float(values.get("prior_loss_weight", 1.0)),
-            gradient_accumulation=int(values.get("gradient_accumulation", 1)),
-            lr_schedule=values.get("lr_schedule", "constant"),
-            warmup_steps=int(values.get("warmup_steps", 0)),
-            optimizer=values.get("optimizer", "adamw"),
-            weight_decay=float(values.get("weight_decay", 0.0)),
-            precision=values.get("precision", "auto"),
-            gradient_checkpointing=bool(values.get("gradient_checkpointing", False)),
-            resolution=int(values.get("resolution", 512)),
-            resize_mode=values.get("resize_mode", "center_crop"),
-            checkpoint_every=int(values.get("checkpoint_every", 0)),
-            checkpoint_dir=str(checkpoint_root()),
-            resume_from=None if resume == NO_RESUME else str(checkpoint_root() / resume),
-            validation_prompt=values.get("validation_prompt", "") or "",
-            validation_every=int(values.get("validation_every", 0)),
-            validation_steps=int(values.get("validation_steps", 20)),
-        )
+        settings = _settings(values)
         if spec is None or not hasattr(spec, "build"):
             raise NodeInputError(NODE, "spec", "connect a TapTuneTapSpec or TapTuneOFTSpec")
         node_id = _first(cls.hidden.unique_id)

@@ -14,6 +14,7 @@ from torch import nn
 from ..adapter_core.base_fingerprint import base_fingerprint
 from ..adapter_core.oft_set import LayerShape, find_oft_targets
 from ..adapter_core.sites import TapSite, base_block, find_tap_sites
+from ..adapter_core.tapped_blocks import TAP_CHILD
 
 DIFFUSION_PREFIX = "diffusion_model."
 
@@ -26,11 +27,16 @@ def model_object(model: Any, path: str) -> nn.Module:
 def block_children(model: Any, path: str) -> dict[str, nn.Module]:
     """The children a new wrapper over block ``path`` should adopt, as this clone sees them.
 
-    Never read through the live tree: it may hold another clone's wrapper with that clone's
-    children. The original block's own children are pristine (nothing here patches a
-    child path); a child path patched by someone else is read through ``get_model_object``.
+    When this clone already wraps the block, that wrapper's children (which may be OFT
+    training wrappers) are the clone's view. Otherwise never read through the live tree: it
+    may hold another clone's wrapper with that clone's children. The original block's own
+    children are pristine (nothing here patches a child path); a child path patched by
+    someone else is read through ``get_model_object``.
     """
-    original = base_block(model_object(model, path))
+    current = model_object(model, path)
+    if hasattr(current, "base_block"):  # duck-typed, as TappedTransformerBlock.wrap does
+        return {name: child for name, child in current.named_children() if name != TAP_CHILD}
+    original = base_block(current)
     out = {}
     for name, child in original.named_children():
         key = f"{DIFFUSION_PREFIX}{path}.{name}"

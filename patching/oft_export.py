@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,14 +13,19 @@ from .model_access import DIFFUSION_PREFIX
 from .oft_patches import check_oft_fits
 
 
-def original_weights(model: Any, paths: list[str]) -> dict[str, torch.Tensor]:
-    """The unpatched weights of ``paths``, even while some clone's patches are loaded."""
+def original_weight_of(model: Any) -> Callable[[str], torch.Tensor]:
+    """``path -> fp32 copy of its unpatched weight``, even while some clone's patches are loaded.
+
+    One layer at a time, so an export never holds a second copy of every rotated weight.
+    """
     patches = model.get_key_patches(filter_prefix=DIFFUSION_PREFIX)
-    out = {}
-    for path in paths:
+
+    def weight_of(path: str) -> torch.Tensor:
         weight, convert = patches[f"{DIFFUSION_PREFIX}{path}.weight"][0]
-        out[path] = convert(weight.detach().to(torch.float32).clone(), inplace=True)
-    return out
+        # A copy: ``convert`` may work in place, and the model's own tensor must stay as it is.
+        return convert(weight.detach().to(torch.float32, copy=True), inplace=True)
+
+    return weight_of
 
 
 def oft_as_lora(
@@ -27,4 +33,4 @@ def oft_as_lora(
 ) -> dict[str, torch.Tensor]:
     """The ``<layer>.diff`` tensors that make a stock LoRA loader reproduce ``oft_set`` on ``model``."""
     check_oft_fits(model, oft_set)
-    return oft_weight_diffs(oft_set, original_weights(model, list(oft_set.rotations)), strength, dtype)
+    return oft_weight_diffs(oft_set, original_weight_of(model), strength, dtype)

@@ -19,7 +19,7 @@ import torch
 from ..adapter_core.oft import OFTConfigError, OFTRotation
 from ..adapter_core.oft_layer import plain_weights, rotated_module, split_layer_path
 from ..adapter_core.oft_set import OFTAdapterSet
-from ..adapter_core.tapped_blocks import TAP_CHILD, TappedTransformerBlock
+from ..adapter_core.tapped_blocks import TappedTransformerBlock
 from .model_access import DIFFUSION_PREFIX, block_children, model_linear_layers, model_object
 from .weight_patch import FunctionalWeightPatch
 
@@ -112,10 +112,7 @@ def with_oft_trainable(model: Any, oft_set: OFTAdapterSet, neumann_terms: int | 
     patched = model.clone()
     for block, modules in grouped.items():
         current = model_object(patched, block)
-        if hasattr(current, "base_block"):
-            children = {n: c for n, c in current.named_children() if n != TAP_CHILD}
-        else:
-            children = block_children(patched, block)
+        children = block_children(patched, block)
         for name, rotations in modules.items():
             if hasattr(children[name], "base_module"):
                 raise OFTConfigError(f"{block}.{name} is already being trained with OFT in this MODEL")

@@ -7,6 +7,7 @@ from typing import Any
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock
 
 from ..adapter_core.sites import SiteKind
+from ..adapter_core.tap_adapter import TapAdapter
 from ..adapter_core.tap_set import TapAdapterSet
 from ..adapter_core.tapped_blocks import TappedResBlock, TappedTransformerBlock
 from .model_access import DIFFUSION_PREFIX, block_children, model_object, model_sites
@@ -14,6 +15,22 @@ from .model_access import DIFFUSION_PREFIX, block_children, model_object, model_
 
 class ComfyTappedResBlock(TappedResBlock, TimestepBlock):
     """A tapped ResBlock that ComfyUI's UNet still recognises as a ``TimestepBlock``."""
+
+
+def _rewrap(
+    patched: Any,
+    path: str,
+    kind: SiteKind,
+    taps: list[tuple[TapAdapter, float]],
+    checkpointing: bool | None = None,
+) -> None:
+    """Object-patch block ``path`` of ``patched`` with a tapped block that adds ``taps``."""
+    current = model_object(patched, path)
+    if kind is SiteKind.TRANSFORMER:
+        wrapper = TappedTransformerBlock.wrap(current, taps, block_children(patched, path), checkpointing)
+    else:
+        wrapper = ComfyTappedResBlock.wrap(current, taps, checkpointing=checkpointing)
+    patched.add_object_patch(DIFFUSION_PREFIX + path, wrapper)
 
 
 def with_tap_adapters(model: Any, tap_set: TapAdapterSet, strength: float = 1.0) -> Any:
@@ -29,14 +46,7 @@ def with_tap_adapters(model: Any, tap_set: TapAdapterSet, strength: float = 1.0)
     if strength == 0.0:
         return patched
     for path, adapter in tap_set.adapters.items():
-        current = model_object(patched, path)
-        if adapter.config.site_kind is SiteKind.TRANSFORMER:
-            # Our own wrapper keeps its children; an original block gets them resolved.
-            children = None if hasattr(current, "base_block") else block_children(patched, path)
-            wrapper = TappedTransformerBlock.wrap(current, [(adapter, strength)], children)
-        else:
-            wrapper = ComfyTappedResBlock.wrap(current, [(adapter, strength)])
-        patched.add_object_patch(DIFFUSION_PREFIX + path, wrapper)
+        _rewrap(patched, path, adapter.config.site_kind, [(adapter, strength)])
     return patched
 
 
@@ -47,11 +57,5 @@ def with_gradient_checkpointing(model: Any) -> Any:
     """
     patched = model.clone()
     for site in model_sites(patched):
-        current = model_object(patched, site.path)
-        if site.kind is SiteKind.TRANSFORMER:
-            children = None if hasattr(current, "base_block") else block_children(patched, site.path)
-            wrapper = TappedTransformerBlock.wrap(current, [], children, checkpointing=True)
-        else:
-            wrapper = ComfyTappedResBlock.wrap(current, [], checkpointing=True)
-        patched.add_object_patch(DIFFUSION_PREFIX + site.path, wrapper)
+        _rewrap(patched, site.path, site.kind, [], checkpointing=True)
     return patched

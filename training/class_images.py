@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoint import run_fingerprint
+from .visuals import sample_images, to_image_tensor, to_pil
+
 #: Values read from each tensor for the weight fingerprint (evenly strided), besides shape and dtype.
 SAMPLES_PER_TENSOR = 64
 
@@ -84,12 +87,6 @@ def model_fingerprint_for_cache(model: Any, clip: Any, vae: Any) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def cache_key(models: str, settings: ClassImageSettings) -> str:
-    """The cache folder name for these models and settings."""
-    payload = json.dumps({"models": models, **asdict(settings)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
 def load_cached(folder: Path, count: int) -> torch.Tensor | None:
     """The cached images as an IMAGE batch, or None when the folder is missing or incomplete."""
     manifest = folder / "manifest.json"
@@ -98,19 +95,21 @@ def load_cached(folder: Path, count: int) -> torch.Tensor | None:
     files = sorted(folder.glob("class_*.png"))
     if len(files) != count:
         return None
-    arrays = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0 for f in files]
-    return torch.from_numpy(np.stack(arrays))
+    images = []
+    for file in files:
+        with Image.open(file) as opened:
+            images.append(to_image_tensor(opened))
+    return torch.cat(images)
 
 
-def save_cache(folder: Path, images: torch.Tensor, settings: ClassImageSettings, models: str) -> None:
+def save_cache(folder: Path, images: torch.Tensor, manifest: dict[str, Any]) -> None:
     """Write PNGs and a manifest into a temporary folder, then rename it into place (atomic)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        for i, image in enumerate(images):
-            array = (image[..., :3].float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
-            Image.fromarray(array).save(staging / f"class_{i:05d}.png")
-        (staging / "manifest.json").write_text(json.dumps({"models": models, **asdict(settings)}, indent=2))
+        for i in range(images.shape[0]):
+            to_pil(images[i : i + 1]).save(staging / f"class_{i:05d}.png")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
@@ -132,13 +131,12 @@ def generate_class_images(
 
     Image ``i`` uses seed ``seed + i``, so each image is reproducible on its own.
     """
-    import comfy.sample
-
     from .conditioning import encode_prompt
-    from .visuals import to_pil
 
     models = model_fingerprint_for_cache(model, clip, vae)
-    folder = cache_root / cache_key(models, settings)
+    # The manifest is what the cache folder is named by: everything that decides the pixels.
+    manifest = {"models": models, **asdict(settings)}
+    folder = cache_root / run_fingerprint(manifest)
     cached = load_cached(folder, settings.count)
     if cached is not None:
         if progress is not None:
@@ -148,30 +146,23 @@ def generate_class_images(
     negative = encode_prompt(clip, settings.negative_prompt)
     shape = (4, settings.height // 8, settings.width // 8)
     images = []
-    done = 0
-    with torch.no_grad():
-        while done < settings.count:
-            n = min(batch_size, settings.count - done)
-            latent = torch.zeros((n, *shape))
-            noise = torch.cat([comfy.sample.prepare_noise(latent[:1], settings.seed + done + i) for i in range(n)])
-            samples = comfy.sample.sample(
-                model,
-                noise,
-                settings.steps,
-                settings.cfg,
-                settings.sampler_name,
-                settings.scheduler,
-                positive,
-                negative,
-                latent,
-                disable_pbar=True,
-                seed=settings.seed + done,
-            )
-            decoded = vae.decode(samples)
-            images.append(decoded.float().cpu())
-            done += n
-            if progress is not None:
-                progress(done, settings.count, to_pil(decoded[-1:]))
+    for start in range(0, settings.count, batch_size):
+        seeds = [settings.seed + i for i in range(start, min(start + batch_size, settings.count))]
+        decoded = sample_images(
+            model,
+            vae,
+            positive,
+            negative,
+            shape,
+            seeds,
+            settings.steps,
+            settings.cfg,
+            settings.sampler_name,
+            settings.scheduler,
+        )
+        images.append(decoded.float().cpu())
+        if progress is not None:
+            progress(start + len(seeds), settings.count, to_pil(decoded[-1:]))
     result = torch.cat(images)
-    save_cache(folder, result, settings, models)
+    save_cache(folder, result, manifest)
     return result, False

@@ -21,12 +21,9 @@ import torch
 from PIL import Image
 
 from ..adapter_core.oft import OFTConfigError
-from ..adapter_core.oft_layer import split_layer_path
-from ..adapter_core.oft_set import OFTAdapterSet
 from ..adapter_core.tap_points import TapConfigError
 from ..patching.autograd_weights import with_autograd_weights
-from ..patching.oft_patches import with_oft_trainable
-from ..patching.tap_patches import with_gradient_checkpointing, with_tap_adapters
+from ..patching.tap_patches import with_gradient_checkpointing
 from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .conditioning import ConditioningCache
 from .data import Batch, BatchSampler, Pool, encode_latents
@@ -36,7 +33,7 @@ from .objective import noisy_latents, prediction_error, prior_preservation_loss,
 from .prompts import prompt_lines, prompts_for_images, trigger_and_class_words
 from .schedule import LearningRateSchedule
 from .spec import DEFAULT_LEARNING_RATE, AdapterSpec
-from .visuals import to_pil, validation_sample
+from .visuals import sample_images, to_pil
 
 log = logging.getLogger("taptune.training")
 
@@ -166,9 +163,6 @@ class DreamBoothTrainer:
         try:
             with torch.inference_mode(False):  # trainable parameters must not be inference tensors
                 self.adapter_set = spec.build(model, int(settings.seed))
-            if isinstance(self.adapter_set, OFTAdapterSet):
-                for path in self.adapter_set.rotations:
-                    split_layer_path(path)  # raises for a layer OFT cannot train
         except (TapConfigError, OFTConfigError, TypeError) as exc:
             raise TrainingInputError("spec", f"does not fit this MODEL: {exc}") from None
         self.autocast_dtype = resolve_precision(settings.precision, self.device)
@@ -278,7 +272,7 @@ class DreamBoothTrainer:
             conds.conditioning(prompt)
         validation = self._validation_setup(instance, conds)
         train_model = self._training_model()
-        total = s.steps + getattr(self.spec, "magnitude_steps", 0)
+        total = s.steps + self.spec.extra_steps
         losses: list[float] = []
         step = 0
         cancelled = False
@@ -297,7 +291,11 @@ class DreamBoothTrainer:
                 step, losses, phase, optimizer, scheduler = self._resume(
                     fingerprint, samplers, optimizer, scheduler, scaler
                 )
-            with torch.inference_mode(False), torch.enable_grad(), frozen_except(unet, self._phase_parameters(phase)):
+            with (
+                torch.inference_mode(False),
+                torch.enable_grad(),
+                frozen_except(unet, self.spec.trainable(self.adapter_set, phase)),
+            ):
                 while step < total:
                     comfy.model_management.throw_exception_if_processing_interrupted()
                     # Cancel usually lands inside a step (ComfyUI checks in every op): keep the
@@ -308,7 +306,7 @@ class DreamBoothTrainer:
                     if self._phase(step) != phase:
                         phase = self._phase(step)
                         optimizer, scheduler = self._optimizer(phase)
-                        active = {id(p) for p in self._phase_parameters(phase)}
+                        active = {id(p) for p in self.spec.trainable(self.adapter_set, phase)}
                         for p in self.adapter_set.parameters():
                             p.requires_grad_(id(p) in active)
                     loss = self._step(train_model, samplers, conds, optimizer, scaler, step, phase)
@@ -355,10 +353,7 @@ class DreamBoothTrainer:
         )
 
     def _training_model(self) -> Any:
-        if isinstance(self.adapter_set, OFTAdapterSet):
-            model = with_oft_trainable(self.model, self.adapter_set, getattr(self.spec, "neumann_terms", None))
-        else:
-            model = with_tap_adapters(self.model, self.adapter_set)
+        model = self.spec.training_model(self.model, self.adapter_set)
         if self.settings.gradient_checkpointing:
             model = with_gradient_checkpointing(model)
         return with_autograd_weights(model)
@@ -379,17 +374,9 @@ class DreamBoothTrainer:
     def _phase(self, step: int) -> str:
         return "main" if step < self.settings.steps else "magnitude"
 
-    def _phase_parameters(self, phase: str) -> list[torch.nn.Parameter]:
-        if not isinstance(self.adapter_set, OFTAdapterSet):
-            return self.adapter_set.parameters()
-        rotations = self.adapter_set.rotations.values()
-        if phase == "magnitude":
-            return [r.magnitude for r in rotations if r.magnitude is not None]
-        return [r.P for r in rotations]
-
     def _optimizer(self, phase: str) -> tuple[torch.optim.Optimizer, Any]:
         s = self.settings
-        params = self._phase_parameters(phase)
+        params = self.spec.trainable(self.adapter_set, phase)
         kwargs: dict[str, Any] = {"lr": self.lr}
         if s.weight_decay:
             kwargs["weight_decay"] = s.weight_decay
@@ -401,7 +388,7 @@ class DreamBoothTrainer:
 
     def _schedule(self, phase: str) -> LearningRateSchedule:
         s = self.settings
-        steps = s.steps if phase == "main" else max(1, getattr(self.spec, "magnitude_steps", 1))
+        steps = s.steps if phase == "main" else max(1, self.spec.extra_steps)
         return LearningRateSchedule(s.lr_schedule, steps, s.warmup_steps)
 
     def _autocast(self) -> Any:
@@ -423,8 +410,7 @@ class DreamBoothTrainer:
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(s.gradient_accumulation):
-            if isinstance(self.adapter_set, OFTAdapterSet) and phase == "main":
-                self.adapter_set.project_()  # COFT, before every forward pass, without gradient
+            self.spec.before_forward(self.adapter_set, phase)  # COFT's projection, for OFT
             batches = {name: sampler.next(self.generator) for name, sampler in samplers.items()}
             loss = self._loss(model, batches, conds)
             if not torch.isfinite(loss):
@@ -564,13 +550,14 @@ class DreamBoothTrainer:
 
     def _preview(self, model: Any, validation: dict[str, Any]) -> Image.Image:
         with torch.inference_mode(False), torch.no_grad():
-            image = validation_sample(
+            image = sample_images(
                 model,
                 self.vae,
                 validation["positive"],
                 validation["negative"],
                 validation["shape"],
+                [self.settings.seed],
                 self.settings.validation_steps,
-                self.settings.seed,
+                cfg=7.0,
             )
         return to_pil(image)

@@ -18,7 +18,7 @@ def sample_sigmas(model_sampling: Any, count: int, generator: torch.Generator) -
     sigmas = getattr(model_sampling, "sigmas", None)
     if sigmas is not None and len(sigmas) > 1:
         index = torch.randint(0, len(sigmas), (count,), generator=generator)
-        return sigmas.detach().float().cpu()[index]
+        return sigmas[index.to(sigmas.device)].detach().float().cpu()  # only the drawn ones leave the device
     percent = torch.rand(count, generator=generator)
     return torch.tensor([float(model_sampling.percent_to_sigma(float(p))) for p in percent])
 

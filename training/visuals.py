@@ -62,23 +62,39 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def validation_sample(
+def sample_images(
     model: Any,
     vae: Any,
     positive: list[Any],
     negative: list[Any],
     latent_shape: tuple[int, ...],
+    seeds: Sequence[int],
     steps: int,
-    seed: int,
-    cfg: float = 7.0,
+    cfg: float,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
 ) -> torch.Tensor:
-    """One image from ``model`` with ComfyUI's sampler (euler), fixed seed, decoded by ``vae``."""
+    """One image per seed from ``model`` with ComfyUI's sampler, decoded by ``vae``.
+
+    Each image's noise comes from its own seed, so an image does not depend on the batch it
+    was drawn in.
+    """
     import comfy.sample
 
-    latent = torch.zeros((1, *latent_shape))
-    noise = comfy.sample.prepare_noise(latent, seed)
+    latent = torch.zeros((len(seeds), *latent_shape))
+    noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
     with torch.no_grad():
         samples = comfy.sample.sample(
-            model, noise, steps, cfg, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=seed
+            model,
+            noise,
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            positive,
+            negative,
+            latent,
+            disable_pbar=True,
+            seed=seeds[0],
         )
         return vae.decode(samples)

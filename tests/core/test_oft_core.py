@@ -302,6 +302,21 @@ def test_official_oft_dreambooth_output(tmp_path):
     assert adapter_file.adapters[0]["r"] == 4 and len(adapter_file.adapters[0]["modules"]) == 8
 
 
+def test_official_shared_blocks_are_grouped_by_block_size(tmp_path):
+    """block_share: one (k, k) block per layer; layers of different widths need groups of their own."""
+    separate = official_oft_dreambooth_state("down_blocks.0.attentions.0", scale=0.01, seed=1)
+    state = {k: v[0] for k, v in separate.items() if k.endswith(".R")}
+    torch.save(state, tmp_path / "pytorch_lora_weights.bin")
+    adapter_file = import_oft(tmp_path / "pytorch_lora_weights.bin")
+    by_size = {g["block_size"]: g for g in adapter_file.adapters}
+    assert set(by_size) == {80, 192} and all(g["block_share"] and "r" not in g for g in by_size.values())
+    assert "input_blocks.1.1.transformer_blocks.0.attn2.to_k" in by_size[192]["modules"]
+    assert len(by_size[80]["modules"]) == 6 and len(by_size[192]["modules"]) == 2
+    raw = state["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_oft.R"]
+    S = adapter_file.tensors["input_blocks.1.1.transformer_blocks.0.attn2.to_k.oft.S"]
+    torch.testing.assert_close(S, (raw - raw.T) / 2)
+
+
 def test_diffusers_names():
     assert (
         diffusers_to_comfy_path("unet.down_blocks.2.attentions.1.transformer_blocks.0.attn1.to_q")

@@ -1,11 +1,31 @@
 # ComfyUI-TapTune developer commands. `make demo` and `make test` work on a fresh machine.
-PY      := .venv/bin/python
+#
+# By default every target uses the development host that `make host` builds: .venv/ and ComfyUI
+# 0.3.75 in .host/ComfyUI/ (PYTHON, if given, is then the interpreter that creates .venv/).
+#
+# Any other ComfyUI: `make test COMFYUI_DIR=/path/to/ComfyUI PYTHON=/path/to/python` (likewise
+# demo, test-core, lint, bench). PYTHON is the interpreter of the environment that runs that
+# ComfyUI (default python3; `test` needs pytest there, `lint` ruff). Nothing is built then and
+# neither .venv/ nor .host/ComfyUI/ is used: the tests import that ComfyUI in-process and the
+# server test starts its main.py.
 PORT    ?= 8188
 PYTEST_ARGS ?=
+COMFYUI_DIR ?=
+
+ifeq ($(strip $(COMFYUI_DIR)),)
+PY      := .venv/bin/python
+else
+# Absolute, for devtools/comfy_host.py (it reads COMFYUI_DIR from the environment).
+override COMFYUI_DIR := $(abspath $(COMFYUI_DIR))
+export COMFYUI_DIR
+PYTHON  ?= python3
+export PYTHON
+PY      := $(PYTHON)
+endif
 
 .PHONY: host demo test test-core lint bench clean
 
-host:  ## .venv/ and a real ComfyUI 0.3.75 in .host/ComfyUI/ (idempotent)
+host:  ## .venv/ and a real ComfyUI 0.3.75 in .host/ComfyUI/ (idempotent); with COMFYUI_DIR: only checks that ComfyUI and PYTHON
 	@bash devtools/host.sh
 
 demo: host  ## a ComfyUI with this pack, a random demo checkpoint, a demo adapter and the example workflows

@@ -1,25 +1,68 @@
-"""TapTune's adapter library: tap-point adapters, OFT/COFT rotations and the adapter file format.
+"""TapTune's adapter library: adapter kinds (tap-point adapters, OFT/COFT), their file format and registry.
 
 Pure PyTorch; nothing here imports ComfyUI. The ComfyUI side lives in ``patching/``
-(installing adapters on a MODEL), ``nodes/`` and ``training/``.
+(carrying out an adapter set's :class:`PatchPlan` on a MODEL), ``training/`` and ``nodes/``.
+Kinds live in ``tap/`` and ``oft/``; ``registry.py`` lists them.
 """
 
-from .base_fingerprint import BaseMismatchError, base_fingerprint, check_base
-from .file_format import AdapterFile, AdapterFileError, load_adapter_file, read_header, save_adapter_file
-from .oft import OFTConfig, OFTConfigError, OFTRotation, cayley, cayley_neumann, hyperspherical_energy
-from .oft_layer import OFTCrossAttention, OFTFeedForward, split_layer_path
-from .oft_set import OFTAdapterSet, OFTGroup, find_oft_targets
+from .architecture import architecture_signature, check_architecture, describe_architecture
+from .blocks import TappedResBlock, TappedTransformerBlock
+from .errors import (
+    AdapterFileError,
+    ArchitectureMismatchError,
+    ConfigError,
+    TapTuneError,
+    UnsupportedModelError,
+    UnsupportedOperationError,
+)
+from .file_format import AdapterFile, load_adapter_file, read_header, save_adapter_file
+from .kind import AdapterGroup, AdapterKind, AdapterSetBase, AdapterSpec
+from .model_view import ModelView
+from .oft import (
+    OFTAdapterSet,
+    OFTConfig,
+    OFTConfigError,
+    OFTCrossAttention,
+    OFTFeedForward,
+    OFTGroup,
+    OFTRotation,
+    OFTSpec,
+    cayley,
+    cayley_neumann,
+    hyperspherical_energy,
+    oft_targets,
+    split_layer_path,
+)
+from .patch_plan import HostOps, PatchPlan
+from .positions import SiteKind
+from .registry import KINDS, adapter_set_from_file, kind_named, kind_of_spec, load_adapter_set
 from .sites import TapSite, find_tap_sites, select_sites
-from .tap_adapter import TapAdapter, TapConfig, TapGroup
-from .tap_points import PAPER_PAIRS, TapConfigError, TapPoint, validate_pair
-from .tap_set import TapAdapterSet
-from .tapped_blocks import TappedResBlock, TappedTransformerBlock
+from .tap import (
+    PAPER_PAIRS,
+    TapAdapter,
+    TapAdapterSet,
+    TapConfig,
+    TapConfigError,
+    TapGroup,
+    TapGroupSpec,
+    TapPoint,
+    TapSpec,
+    validate_pair,
+)
 
 __all__ = [
+    "KINDS",
     "PAPER_PAIRS",
     "AdapterFile",
     "AdapterFileError",
-    "BaseMismatchError",
+    "AdapterGroup",
+    "AdapterKind",
+    "AdapterSetBase",
+    "AdapterSpec",
+    "ArchitectureMismatchError",
+    "ConfigError",
+    "HostOps",
+    "ModelView",
     "OFTAdapterSet",
     "OFTConfig",
     "OFTConfigError",
@@ -27,23 +70,36 @@ __all__ = [
     "OFTFeedForward",
     "OFTGroup",
     "OFTRotation",
+    "OFTSpec",
+    "PatchPlan",
+    "SiteKind",
     "TapAdapter",
     "TapAdapterSet",
     "TapConfig",
     "TapConfigError",
     "TapGroup",
+    "TapGroupSpec",
     "TapPoint",
     "TapSite",
+    "TapSpec",
+    "TapTuneError",
     "TappedResBlock",
     "TappedTransformerBlock",
-    "base_fingerprint",
+    "UnsupportedModelError",
+    "UnsupportedOperationError",
+    "adapter_set_from_file",
+    "architecture_signature",
     "cayley",
     "cayley_neumann",
-    "check_base",
-    "find_oft_targets",
+    "check_architecture",
+    "describe_architecture",
     "find_tap_sites",
     "hyperspherical_energy",
+    "kind_named",
+    "kind_of_spec",
     "load_adapter_file",
+    "load_adapter_set",
+    "oft_targets",
     "read_header",
     "save_adapter_file",
     "select_sites",

@@ -12,23 +12,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .file_format import AdapterFileError, load_adapter_file, save_adapter_file
-from .official_tap_import import import_official_tap_dir
-from .tap_points import TapConfigError
+from .errors import TapTuneError
+from .file_format import save_adapter_file
+from .registry import load_adapter_set
+from .tap.tap_official_import import import_official_tap_dir
 
 
 def _info(args: argparse.Namespace) -> int:
-    adapter_file = load_adapter_file(args.file)
+    adapter_file, adapter_set = load_adapter_set(args.file)
     print(f"kind: {adapter_file.kind}")
-    for entry in adapter_file.adapters:
-        settings = {k: v for k, v in entry.items() if k != "modules"}
-        print(f"group: {settings}, {len(entry.get('modules', []))} modules")
+    for line in adapter_set.describe():
+        print(f"group: {line}")
     print(f"base: {adapter_file.base}")
     for key, value in adapter_file.info.items():
-        print(f"{key}: {value}")
-    print(
-        f"tensors: {len(adapter_file.tensors)}, parameters: {sum(t.numel() for t in adapter_file.tensors.values()):,}"
-    )
+        print(f"{key}: {str(value)[:500]}")
+    print(f"tensors: {len(adapter_file.tensors)}, parameters: {adapter_set.num_parameters():,}")
     return 0
 
 
@@ -48,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
     convert = sub.add_parser("convert-official", help="convert an official Closer-Look adapter folder")
     convert.add_argument("directory", help="folder of <module>.adapter_inout.pt / <module>.adapter.pt files")
-    convert.add_argument("output", help="the .safetensors file to write")
+    convert.add_argument("output", help="the .safetensors file to write (must not exist yet)")
     convert.add_argument("--config", help="the official YAML (default: the single .yaml in the folder)")
     convert.set_defaults(run=_convert_official)
     return parser
@@ -59,8 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (AdapterFileError, TapConfigError, OSError, ValueError) as exc:
+    except TapTuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileExistsError as exc:
+        print(f"error: {exc.filename} exists; choose another output name", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.strerror or type(exc).__name__}: {exc.filename or ''}", file=sys.stderr)
         return 2
 
 

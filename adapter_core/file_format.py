@@ -1,16 +1,18 @@
 """The ``taptune/1`` file: one safetensors file per adapter set, described by JSON metadata.
 
-Metadata key ``taptune`` holds ``{"format": "taptune/1", "kind": "tap" | "oft",
+Metadata key ``taptune`` holds ``{"format": "taptune/1", "kind": <a registered kind>,
 "adapters": [...], "base": {...}, "trigger_word", "class_word", "steps", "notes", ...}``;
-unknown fields are kept and passed through. Tensors are named by module path inside
-ComfyUI's ``diffusion_model`` (see the README for the full contract).
+unknown fields are kept and passed through. Tensors are named by module path inside the
+UNet (``diffusion_model``): ``<path>.<kind marker>.<name>`` (specification §4; the README
+lists the whole contract). This module reads and writes the container; what a kind's
+entries and tensors mean is the kind's (``tap/``, ``oft/``), and which kinds exist is the
+registry's.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .errors import AdapterFileError
+from .json_values import parse_json_object
+from .safe_write import atomic_write
+
 METADATA_KEY = "taptune"
 FORMAT = "taptune/1"
-KINDS: tuple[str, ...] = ("tap", "oft")
 _KNOWN_FIELDS = ("format", "kind", "adapters", "base")
-
-
-class AdapterFileError(ValueError):
-    """A file that is not a readable ``taptune/1`` adapter file."""
+#: Tensor dtypes an adapter file may hold (float8 and integer tensors are refused).
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: Adapter tensors are vectors, matrices, skew stacks or conv kernels.
+MAX_TENSOR_DIMS = 4
 
 
 @dataclass
@@ -42,6 +47,8 @@ class AdapterFile:
     tensors: dict[str, torch.Tensor]
     base: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: The file's name as the user knows it (for messages); empty for files not read from disk.
+    name: str = ""
 
     def header(self) -> dict[str, Any]:
         """The JSON object stored under the ``taptune`` metadata key."""
@@ -54,89 +61,88 @@ class AdapterFile:
         return header
 
 
-def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
-    """Write a file through a temporary file in the same folder, then rename it into place.
-
-    ``write(tmp_path)`` produces the content. A crash leaves either the old file or the
-    new one, never half of one.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+def _file_name(path: str | os.PathLike[str]) -> str:
+    return Path(path).name
 
 
-def save_adapter_file(path: str | os.PathLike[str], adapter_file: AdapterFile) -> Path:
-    """Save atomically as safetensors with the ``taptune`` metadata."""
-    if adapter_file.kind not in KINDS:
-        raise AdapterFileError(f"unknown adapter kind {adapter_file.kind!r}; allowed: {', '.join(KINDS)}")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter_file.tensors.items()}
+def write_adapter_file(path: str, adapter_file: AdapterFile) -> None:
+    """Write the safetensors content to ``path`` as it is (callers make it atomic)."""
     metadata = {METADATA_KEY: json.dumps(adapter_file.header(), sort_keys=True)}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    save_file(plain_tensors(adapter_file), path, metadata=metadata)
+
+
+def save_adapter_file(path: str | os.PathLike[str], adapter_file: AdapterFile, *, replace: bool = False) -> Path:
+    """Save atomically as safetensors with the ``taptune`` metadata (a new file unless ``replace``)."""
+    return atomic_write(path, lambda tmp: write_adapter_file(tmp, adapter_file), replace=replace)
+
+
+def plain_tensors(adapter_file: AdapterFile) -> dict[str, torch.Tensor]:
+    """The tensors as safetensors wants them: detached, contiguous, on the CPU."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in adapter_file.tensors.items()}
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``taptune`` metadata object of a file, without loading its tensors."""
+    name = _file_name(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = type(exc).__name__ if isinstance(exc, OSError) else str(exc)[:200]
         raise AdapterFileError(
-            f"{Path(path).name}: not a readable safetensors file (truncated or corrupt?): {exc}"
+            f"not a readable safetensors file (truncated or corrupt?): {detail}", file=name
         ) from None
     raw = metadata.get(METADATA_KEY)
     if raw is None:
         raise AdapterFileError(
-            f"{Path(path).name}: no '{METADATA_KEY}' metadata; this is not a TapTune adapter file "
-            "(LoRA files go into ComfyUI's LoraLoader instead)"
+            f"no '{METADATA_KEY}' metadata; this is not a TapTune adapter file "
+            "(LoRA files go into ComfyUI's LoraLoader instead)",
+            file=name,
         )
-    header = parse_json_object(raw, f"{Path(path).name}: '{METADATA_KEY}' metadata")
-    fmt = header.get("format")
-    if fmt != FORMAT:
-        raise AdapterFileError(f"{Path(path).name}: format {fmt!r} is not supported; this version reads {FORMAT!r}")
-    kind = header.get("kind")
-    if kind not in KINDS:
-        raise AdapterFileError(f"{Path(path).name}: unknown adapter kind {kind!r}; allowed: {', '.join(KINDS)}")
-    adapters = header.get("adapters")
-    if not isinstance(adapters, list) or not all(isinstance(a, dict) for a in adapters) or not adapters:
-        raise AdapterFileError(f"{Path(path).name}: 'adapters' must be a non-empty list of objects")
-    base = header.get("base")
-    if base is not None and not isinstance(base, dict):
-        raise AdapterFileError(f"{Path(path).name}: 'base' must be an object when present")
+    try:
+        header = parse_json_object(raw, f"'{METADATA_KEY}' metadata")
+        fmt = header.get("format")
+        if fmt != FORMAT:
+            raise AdapterFileError(f"format {str(fmt)[:40]!r} is not supported; this version reads {FORMAT!r}")
+        if not isinstance(header.get("kind"), str):
+            raise AdapterFileError("'kind' must be a string")
+        adapters = header.get("adapters")
+        if not isinstance(adapters, list) or not adapters or not all(isinstance(a, dict) for a in adapters):
+            raise AdapterFileError("'adapters' must be a non-empty list of objects")
+        if header.get("base") is not None and not isinstance(header["base"], dict):
+            raise AdapterFileError("'base' must be an object when present")
+    except AdapterFileError as exc:
+        raise exc.concerning(file=name) from None
     return header
 
 
-def parse_json_object(text: str, what: str) -> dict[str, Any]:
-    """``text`` parsed as a JSON object; ``what`` names it in the :class:`AdapterFileError` otherwise."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise AdapterFileError(f"{what} must be a JSON object")
-    return value
+def _checked_tensor(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise AdapterFileError(
+            f"tensor {key[:200]} has dtype {tensor.dtype}; adapter tensors are float16/32/64 or bf16"
+        )
+    if tensor.dim() > MAX_TENSOR_DIMS or tensor.numel() == 0:
+        raise AdapterFileError(
+            f"tensor {key[:200]} has shape {tuple(tensor.shape)}; adapter tensors are 1-D to 4-D, not empty"
+        )
+    return tensor
 
 
 def load_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:
-    """Read a ``taptune/1`` file (metadata checked, tensors loaded on the CPU)."""
+    """Read a ``taptune/1`` file (metadata checked, tensors loaded on the CPU and checked for dtype and size)."""
+    name = _file_name(path)
     header = read_header(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - a safe_open handle is not a dict
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise AdapterFileError(f"{Path(path).name}: tensors could not be read (truncated or corrupt?): {exc}") from None
+            tensors = {key: _checked_tensor(key, handle.get_tensor(key)) for key in handle.keys()}  # noqa: SIM118 - not a dict
+    except AdapterFileError as exc:
+        raise exc.concerning(file=name) from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise AdapterFileError(
+            f"tensors could not be read (truncated or corrupt?): {str(exc)[:200]}", file=name
+        ) from None
     info = {k: v for k, v in header.items() if k not in _KNOWN_FIELDS}
-    return AdapterFile(header["kind"], header["adapters"], tensors, header.get("base"), info)
+    return AdapterFile(header["kind"], header["adapters"], tensors, header.get("base"), info, name)
 
 
 def split_by_module(
@@ -154,35 +160,12 @@ def split_by_module(
             out[head][f"{marker}.{rest}"] = value
     empty = [m for m, t in out.items() if not t]
     if empty:
-        raise AdapterFileError(
-            f"no '{marker}' tensors for module(s) {', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}"
-        )
+        listed = ", ".join(m[:120] for m in empty[:3])
+        raise AdapterFileError(f"no '{marker}' tensors for module(s) {listed}{' ...' if len(empty) > 3 else ''}")
     return out
 
 
 def unclaimed_tensors(tensors: dict[str, torch.Tensor], modules: list[str], marker: str) -> list[str]:
     """Tensor names that belong to no listed module."""
-    claimed = {m for m in modules}
+    claimed = set(modules)
     return sorted(k for k in tensors if k.partition(f".{marker}.")[0] not in claimed)
-
-
-def numbered_path(folder: str | os.PathLike[str], prefix: str, suffix: str = ".safetensors") -> Path:
-    """``<folder>/<prefix>_<counter>.safetensors`` with the next free 5-digit counter.
-
-    ``prefix`` may contain subfolders (``taptune/dog``); it may not climb out of ``folder``.
-    """
-    root = Path(folder).resolve()
-    prefix = prefix.strip().replace("\\", "/").strip("/")
-    if not prefix:
-        raise ValueError("filename_prefix is empty")
-    target_dir = (root / prefix).parent.resolve()
-    if target_dir != root and root not in target_dir.parents:
-        raise ValueError(f"filename_prefix {prefix!r} points outside {root}")
-    stem = Path(prefix).name
-    highest = 0
-    if target_dir.is_dir():
-        for existing in target_dir.glob(f"{stem}_*{suffix}"):
-            number = existing.name[len(stem) + 1 : -len(suffix)]
-            if number.isdigit():
-                highest = max(highest, int(number))
-    return target_dir / f"{stem}_{highest + 1:05d}{suffix}"

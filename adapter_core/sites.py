@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .tap_points import SiteKind, TapConfigError
+from .errors import ConfigError
+from .positions import SiteKind
 
 REGIONS: tuple[str, ...] = ("input", "middle", "output")
 BLOCK_SELECTIONS: tuple[str, ...] = ("all", *REGIONS)
@@ -41,7 +42,7 @@ class TapSite:
         if self.kind is SiteKind.TRANSFORMER:
             if position == "attn2c":
                 if self.context_dim is None:
-                    raise TapConfigError(f"{self.path} has no cross-attention context")
+                    raise ConfigError(f"{self.path} has no cross-attention context", input_name="din")
                 return self.context_dim
             return self.in_width
         return self.in_width if position == "resi" else self.out_width
@@ -109,13 +110,14 @@ def select_sites(
 ) -> list[TapSite]:
     """Pick the sites of one kind: ``all``, one region, or an explicit list of paths.
 
-    Raises :class:`TapConfigError` naming an unknown path and the closest valid ones.
+    Raises :class:`ConfigError` naming an unknown path and the closest valid ones.
     """
     of_kind = [s for s in sites if s.kind is kind]
     if isinstance(blocks, str):
         if blocks not in BLOCK_SELECTIONS:
-            raise TapConfigError(
-                f"unknown block selection {blocks!r}; allowed: {', '.join(BLOCK_SELECTIONS)} or a list of module paths"
+            raise ConfigError(
+                f"unknown block selection {blocks!r}; allowed: {', '.join(BLOCK_SELECTIONS)} or a list of module paths",
+                input_name="blocks",
             )
         chosen = of_kind if blocks == "all" else [s for s in of_kind if s.region == blocks]
     else:
@@ -128,8 +130,8 @@ def select_sites(
             if path not in by_path:
                 close = difflib.get_close_matches(path, list(by_path), n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise TapConfigError(f"{path!r} is not a {kind.value} block of this model{hint}")
+                raise ConfigError(f"{path!r} is not a {kind.value} block of this model{hint}", input_name="block_list")
             chosen.append(by_path[path])
     if not chosen:
-        raise TapConfigError(f"no {kind.value} blocks selected ({blocks!r})")
+        raise ConfigError(f"no {kind.value} blocks selected ({blocks!r})", input_name="blocks")
     return chosen

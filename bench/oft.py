@@ -156,15 +156,22 @@ def main() -> None:
     import comfy.sample
 
     from devtools.checkpoints import SD15_FULL, build_model_patcher
-    from taptune.adapter_core import OFTAdapterSet, OFTConfig
-    from taptune.patching.model_access import model_linear_layers
-    from taptune.patching.oft_patches import with_oft_merged, with_oft_trainable
-    from taptune.training.loop import release
+    from taptune.adapter_core import OFTAdapterSet, OFTConfig, OFTSpec, oft_targets
+    from taptune.patching.apply import apply_adapter_set
+    from taptune.patching.install import install_plan
+    from taptune.patching.model_access import model_view
+    from taptune.patching.training_clone import release
+
+    def with_oft_merged(model, oft_set):
+        return apply_adapter_set(model, oft_set)
+
+    def with_oft_trainable(model, oft_set):
+        return install_plan(model.clone(), OFTSpec().training_plan(oft_set, model_view(model)))
 
     torch.manual_seed(0)
     base = build_model_patcher("SD15", SD15_FULL, seed=0)
     base.model.requires_grad_(False)
-    layers = model_linear_layers(base, "attention")
+    layers = oft_targets(model_view(base), "attention")
     oft_set = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=True))
     ranks = {path: max(1, round(oft_set.rotations[path].num_parameters() / (i + o))) for path, (i, o) in layers.items()}
     lora_parameters = sum(ranks[p] * (i + o) for p, (i, o) in layers.items())

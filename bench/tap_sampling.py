@@ -29,14 +29,14 @@ def main() -> None:
 
     from devtools.checkpoints import SD15_FULL, build_model_patcher
     from taptune.adapter_core import TapAdapterSet, TapConfig
+    from taptune.patching.apply import apply_adapter_set
     from taptune.patching.model_access import model_sites, unet_parameter_count
-    from taptune.patching.tap_patches import with_tap_adapters
 
     torch.manual_seed(0)
     base = build_model_patcher("SD15", SD15_FULL, seed=0)
     sites = model_sites(base)
     recipe = TapAdapterSet.create(sites, TapConfig("attn2o", "ffni", mid_dim=60), init="paper", seed=0)
-    adapted = with_tap_adapters(base, recipe)
+    adapted = apply_adapter_set(base, recipe)
     unet_parameters = unet_parameter_count(base)
     adapter_parameters = recipe.num_parameters()
 

@@ -38,9 +38,9 @@ def _inputs() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 def _ours(kind: str) -> list[float]:
     from devtools.checkpoints import SD15_FULL, build_model_patcher
     from devtools.standins import FixedTextEncoder, PixelVAE
-    from taptune.adapter_core import OFTConfig, TapConfig
-    from taptune.training.loop import DreamBoothTrainer, TrainSettings
-    from taptune.training.spec import OFTSpec, TapGroupSpec, TapSpec
+    from taptune.adapter_core import OFTConfig, OFTSpec, TapConfig, TapGroupSpec, TapSpec
+    from taptune.training.settings import TrainSettings
+    from taptune.training.trainer import DreamBoothTrainer
 
     model = build_model_patcher("SD15", SD15_FULL, seed=0)
     spec = (

@@ -2,7 +2,7 @@
 
 Nothing can be downloaded here, so tests, benchmarks and the demo *generate* their
 models: exact SD 1.x layout (so the stock ``CheckpointLoaderSimple`` detects it), random
-values. Needs ComfyUI on ``sys.path`` (see ``devtools/host.py``).
+values. Needs ComfyUI on ``sys.path`` (see ``devtools/comfy_host.py``).
 """
 
 from __future__ import annotations
@@ -72,6 +72,11 @@ SDXL_SMALL: dict[str, Any] = {
     "adm_in_channels": 2816,
     "num_classes": "sequential",
 }
+
+#: Narrow variants (64 channels) of the SD 1.x and SD 2.x shapes, for tests that train on every
+#: family and need each step to be cheap; built in-process like the SDXL shape.
+SD15_TINY: dict[str, Any] = {**SD15_SMALL, "model_channels": 64, "num_heads": 4}
+SD2_TINY: dict[str, Any] = {**SD2_SMALL, "model_channels": 64, "num_head_channels": 32}
 
 VAE_DDCONFIG: dict[str, Any] = {
     "double_z": True,

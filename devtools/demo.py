@@ -53,7 +53,9 @@ def demo_inputs(base: Path) -> None:
 
     if not (base / "models" / "adapters" / DEMO_TAP).exists():
         write_demo_adapters(
-            base / "models" / "adapters", build_unet(SD15_SMALL, seed=1234), core.base_fingerprint("SD15", SD15_SMALL)
+            base / "models" / "adapters",
+            build_unet(SD15_SMALL, seed=1234),
+            core.architecture_signature("SD15", SD15_SMALL),
         )
     if not (base / "input" / DEMO_IMAGES).exists():
         write_demo_images(base / "input" / DEMO_IMAGES)

@@ -30,7 +30,9 @@ def write_demo_adapters(folder: Path, unet: torch.nn.Module, base: dict[str, Any
         folder / DEMO_TAP,
         tap_set.to_file(base=base, trigger_word="sks", class_word="dog", notes="random demo adapter (make demo)"),
     )
-    oft_set = core.OFTAdapterSet.create(core.find_oft_targets(unet, "attention"), core.OFTConfig(r=4, coft=True))
+    oft_set = core.OFTAdapterSet.create(
+        core.oft_targets(core.ModelView(unet), "attention"), core.OFTConfig(r=4, coft=True)
+    )
     g = torch.Generator().manual_seed(8)
     with torch.no_grad():
         for rotation in oft_set.rotations.values():

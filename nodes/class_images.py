@@ -10,8 +10,8 @@ import comfy.utils
 import folder_paths
 from comfy_api.v0_0_2 import io
 
-from ..training.class_images import ClassImageSettings, generate_class_images
-from .common import CATEGORY_TRAIN, NodeInputError
+from ..training.class_image_cache import ClassImageSettings, generate_class_images
+from .common import CATEGORY_TRAIN, NodeInputError, bounded_integer, bounded_number, choice, node_errors
 
 NODE = "TapTuneClassImages"
 
@@ -88,26 +88,26 @@ class TapTuneClassImages(io.ComfyNode):
         height: int = 512,
         negative_prompt: str = "",
     ) -> io.NodeOutput:
-        if not class_prompt.strip():
-            raise NodeInputError(NODE, "class_prompt", "is empty; describe the class, e.g. 'a photo of dog'")
-        if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
-            raise NodeInputError(NODE, "sampler_name", f"{sampler_name!r} is not a ComfyUI sampler")
-        if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
-            raise NodeInputError(NODE, "scheduler", f"{scheduler!r} is not a ComfyUI scheduler")
-        if width % 8 or height % 8:
-            raise NodeInputError(NODE, "width/height", "must be multiples of 8")
-        settings = ClassImageSettings(
-            class_prompt.strip(),
-            negative_prompt,
-            int(count),
-            int(seed),
-            int(steps),
-            float(cfg),
-            sampler_name,
-            scheduler,
-            int(width),
-            int(height),
-        )
+        with node_errors(NODE, "class_prompt"):
+            if not isinstance(class_prompt, str) or not class_prompt.strip():
+                raise NodeInputError(NODE, "class_prompt", "is empty; describe the class, e.g. 'a photo of dog'")
+            if not isinstance(negative_prompt, str):
+                raise NodeInputError(NODE, "negative_prompt", "must be text")
+            size = [bounded_integer(v, name, 64, 4096) for v, name in ((width, "width"), (height, "height"))]
+            if size[0] % 8 or size[1] % 8:
+                raise NodeInputError(NODE, "width/height", "must be multiples of 8")
+            settings = ClassImageSettings(
+                class_prompt.strip(),
+                negative_prompt,
+                bounded_integer(count, "count", 1, 10000),
+                bounded_integer(seed, "seed", 0, 2**63 - 1),
+                bounded_integer(steps, "steps", 1, 200),
+                bounded_number(cfg, "cfg", 0.0, 30.0),
+                choice(sampler_name, "sampler_name", comfy.samplers.KSampler.SAMPLERS),
+                choice(scheduler, "scheduler", comfy.samplers.KSampler.SCHEDULERS),
+                size[0],
+                size[1],
+            )
         bar = comfy.utils.ProgressBar(settings.count, node_id=cls.hidden.unique_id)
 
         def progress(done: int, total: int, preview: Any) -> None:

@@ -6,12 +6,12 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .class_images import TapTuneClassImages
 from .common import register_model_folder
-from .convert import TapTuneImportOfficialAdapters
 from .image_folder import TapTuneLoadImageFolder
 from .load_adapter import TapTuneAdapterInfo, TapTuneLoadAdapter
-from .oft import TapTuneExportOFTAsLoRA, TapTuneImportOFT
+from .oft_interchange import TapTuneExportOFTAsLoRA, TapTuneImportOFT
 from .save_adapter import TapTuneSaveAdapter
 from .specs import TapTuneOFTSpec, TapTuneTapSpec
+from .tap_import import TapTuneImportOfficialAdapters
 from .train import TapTuneDreamBoothTrain
 
 __all__ = ["TapTuneExtension", "node_classes", "register_model_folder"]

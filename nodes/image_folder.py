@@ -9,14 +9,17 @@ import folder_paths
 import numpy as np
 import torch
 from comfy_api.v0_0_2 import io
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..training.errors import TrainingInputError
 from ..training.images import RESIZE_MODES, prepare_images
-from .common import CATEGORY_TRAIN, NodeInputError
+from .common import CATEGORY_TRAIN, NodeInputError, bounded_integer, choice, node_errors
 
 NODE = "TapTuneLoadImageFolder"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+#: Most images one folder may hold, and the largest picture (pixels) read.
+MAX_IMAGES = 10_000
+MAX_PIXELS = 64 * 2**20
+MAX_CAPTION_BYTES = 64 * 1024
 
 
 def _natural(name: str) -> list[object]:
@@ -24,21 +27,50 @@ def _natural(name: str) -> list[object]:
 
 
 def input_folders() -> list[str]:
-    """Subfolders of ComfyUI's input folder (relative paths), for the combo."""
-    return [f for f in folder_paths.get_input_subfolders() if not any(part.startswith(".") for part in f.split("/"))]
+    """Subfolders of ComfyUI's input folder (relative paths), for the combo; never raises."""
+    try:
+        folders = folder_paths.get_input_subfolders()
+    except OSError:
+        return []
+    return [f for f in folders if not any(part.startswith(".") for part in f.split("/"))]
+
+
+def _read_image(file: Path) -> torch.Tensor:
+    try:
+        with Image.open(file) as opened:
+            if opened.width * opened.height > MAX_PIXELS:
+                raise NodeInputError(NODE, "folder", f"{file.name} is larger than {MAX_PIXELS} pixels")
+            rgb = ImageOps.exif_transpose(opened).convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError):
+        raise NodeInputError(NODE, "folder", "is not a readable image (truncated or corrupt?)", file.name) from None
+    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
+
+
+def _read_caption(file: Path) -> str:
+    caption = file.with_suffix(".txt")
+    if not caption.exists():
+        return ""
+    try:
+        if not caption.is_file() or caption.stat().st_size > MAX_CAPTION_BYTES:
+            raise NodeInputError(NODE, "folder", f"must be a text file under {MAX_CAPTION_BYTES} bytes", caption.name)
+        text = caption.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise NodeInputError(NODE, "folder", "is not UTF-8 text", caption.name) from None
+    except OSError:
+        raise NodeInputError(NODE, "folder", "cannot be read", caption.name) from None
+    return " ".join(text.split())
 
 
 def read_folder(folder: Path) -> tuple[list[torch.Tensor], list[str], list[str]]:
     """Images (``[H, W, 3]``, 0..1) in natural name order, their captions ('' where none), file names."""
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: _natural(p.name))
-    images, captions = [], []
-    for file in files:
-        with Image.open(file) as opened:
-            rgb = ImageOps.exif_transpose(opened).convert("RGB")
-        images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0))
-        caption = file.with_suffix(".txt")
-        text = caption.read_text(encoding="utf-8").strip() if caption.exists() else ""
-        captions.append(" ".join(text.split()))
+    files = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: _natural(p.name),
+    )
+    if len(files) > MAX_IMAGES:
+        raise NodeInputError(NODE, "folder", f"holds more than {MAX_IMAGES} images")
+    images = [_read_image(file) for file in files]
+    captions = [_read_caption(file) for file in files]
     return images, captions, [f.name for f in files]
 
 
@@ -65,12 +97,24 @@ class TapTuneLoadImageFolder(io.ComfyNode):
                     "resize_mode",
                     options=list(RESIZE_MODES),
                     default="none",
+                    optional=True,
                     tooltip="none: as stored; center_crop or buckets: as the trainer does.",
                 ),
                 io.Int.Input(
-                    "resolution", default=512, min=64, max=4096, step=64, tooltip="Size for center_crop and buckets."
+                    "resolution",
+                    default=512,
+                    min=64,
+                    max=4096,
+                    step=64,
+                    optional=True,
+                    tooltip="Size for center_crop and buckets.",
                 ),
-                io.Boolean.Input("require_captions", default=False, tooltip="Refuse images without a .txt caption."),
+                io.Boolean.Input(
+                    "require_captions",
+                    default=False,
+                    optional=True,
+                    tooltip="Refuse images without a .txt caption.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="One IMAGE per file.", is_output_list=True),
@@ -80,32 +124,39 @@ class TapTuneLoadImageFolder(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder: str = "", **kwargs: object) -> object:
-        path = Path(folder_paths.get_input_directory()) / folder
-        if not path.is_dir():
-            return folder
-        return [(p.name, p.stat().st_mtime) for p in sorted(path.iterdir())]
+        try:
+            path = Path(folder_paths.get_input_directory()) / str(folder)
+            if not path.is_dir():
+                return str(folder)
+            return [(p.name, p.stat().st_mtime) for p in sorted(path.iterdir())], sorted(map(str, kwargs.items()))
+        except OSError:
+            return float("nan")  # never equal: the node runs again and reports what it finds
 
     @classmethod
     def execute(
         cls, folder: str, resize_mode: str = "none", resolution: int = 512, require_captions: bool = False
     ) -> io.NodeOutput:
-        root = Path(folder_paths.get_input_directory())
-        path = (root / folder).resolve()
-        if not folder or not path.is_dir() or (path != root.resolve() and root.resolve() not in path.parents):
-            raise NodeInputError(NODE, "folder", f"{folder!r} is not a folder inside {root}")
+        root = Path(folder_paths.get_input_directory()).resolve()
+        try:
+            path = (root / folder).resolve() if isinstance(folder, str) and folder and "\x00" not in folder else None
+        except (OSError, RuntimeError):
+            path = None
+        if path is None or not path.is_dir() or (path != root and root not in path.parents):
+            raise NodeInputError(NODE, "folder", "must be a folder inside ComfyUI's input folder")
+        with node_errors(NODE, "resolution"):
+            mode = choice(resize_mode, "resize_mode", RESIZE_MODES)
+            size = bounded_integer(resolution, "resolution", 64, 4096)
         images, captions, names = read_folder(path)
         if not images:
-            raise NodeInputError(NODE, "folder", f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+            raise NodeInputError(NODE, "folder", f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
         missing = [name for name, caption in zip(names, captions, strict=True) if not caption]
         # Some captions but not all would shift every later caption onto the wrong image (empty
         # lines are not prompts), so that is refused even when captions are optional.
-        if missing and (require_captions or len(missing) < len(captions)):
+        if missing and (require_captions is True or len(missing) < len(captions)):
             listed = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
             raise NodeInputError(
                 NODE, "folder", f"{len(missing)} of {len(captions)} images have no caption .txt ({listed})"
             )
-        try:
-            images = prepare_images(images, resize_mode, int(resolution), "folder") if resize_mode != "none" else images
-        except TrainingInputError as exc:
-            raise NodeInputError(NODE, exc.input_name, str(exc)) from None
+        with node_errors(NODE, "folder"):
+            images = prepare_images(images, mode, size, "folder") if mode != "none" else images
         return io.NodeOutput([img.unsqueeze(0) for img in images], "\n".join(captions))

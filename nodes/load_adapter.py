@@ -6,16 +6,14 @@ from typing import Any
 
 from comfy_api.v0_0_2 import io, ui
 
-from ..adapter_core.base_fingerprint import describe_base
+from ..adapter_core.architecture import describe_architecture
 from ..adapter_core.file_format import load_adapter_file
-from ..patching.apply import adapter_set_from_file, apply_adapter_file
-from ..patching.model_access import model_fingerprint, unet_parameter_count
-from .common import CATEGORY_LOAD, NodeInputError, adapter_fingerprint, adapter_names, adapter_path
+from ..patching.apply import adapter_set_for_model, apply_adapter_file
+from ..patching.model_access import model_architecture, unet_parameter_count
+from .common import CATEGORY_LOAD, adapter_file_stamp, adapter_names, adapter_path, bounded_number, node_errors
 
 #: UNet sizes of the released base models, for the parameter share when no MODEL is connected.
 KNOWN_UNET_PARAMETERS = {"SD15": 859_520_964, "SD20": 865_910_724, "SDXL": 2_567_463_684}
-#: The pack's own errors (file, configuration, architecture) are all ValueErrors; TypeError: not a UNet.
-ADAPTER_ERRORS = (ValueError, TypeError)
 
 
 class TapTuneLoadAdapter(io.ComfyNode):
@@ -54,23 +52,21 @@ class TapTuneLoadAdapter(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, model: Any = None, adapter_name: str = "", strength: float = 1.0) -> Any:
-        return adapter_fingerprint(adapter_name), strength
+        return adapter_file_stamp(adapter_name), strength
 
     @classmethod
     def execute(cls, model: Any, adapter_name: str, strength: float = 1.0) -> io.NodeOutput:
         node = "TapTuneLoadAdapter"
         path = adapter_path(node, "adapter_name", adapter_name)
-        try:
-            patched = apply_adapter_file(model, path, float(strength))
-        except ADAPTER_ERRORS as exc:
-            raise NodeInputError(node, "adapter_name", f"{adapter_name}: {exc}") from None
+        with node_errors(node, "adapter_name"):
+            patched = apply_adapter_file(model, path, bounded_number(strength, "strength", -10.0, 10.0))
         return io.NodeOutput(patched)
 
 
 def describe_adapter_file(path: Any, name: str, model: Any | None = None) -> str:
     """The text TapTuneAdapterInfo shows: kind, groups, trigger word, size and share of the base."""
     adapter_file = load_adapter_file(path)
-    adapter_set = adapter_set_from_file(adapter_file, model)
+    adapter_set = adapter_set_for_model(adapter_file, model)
     count = adapter_set.num_parameters()
     lines = [f"{name}: {adapter_file.kind} adapter, {count:,} parameters"]
     lines += [f"  {line}" for line in adapter_set.describe()]
@@ -78,15 +74,15 @@ def describe_adapter_file(path: Any, name: str, model: Any | None = None) -> str
     if model is not None:
         total = unet_parameter_count(model)
         lines.append(f"share of this MODEL's UNet ({total:,} parameters): {100.0 * count / total:.3f} %")
-    elif base and base.get("family") in KNOWN_UNET_PARAMETERS:
+    elif base and isinstance(base.get("family"), str) and base.get("family") in KNOWN_UNET_PARAMETERS:
         total = KNOWN_UNET_PARAMETERS[base["family"]]
         lines.append(f"share of a full {base['family']} UNet ({total:,} parameters): {100.0 * count / total:.3f} %")
-    lines.append(f"base: {describe_base(base) if base else 'not recorded (only tensor shapes are checked)'}")
+    lines.append(f"base: {describe_architecture(base) if base else 'not recorded (only tensor shapes are checked)'}")
     for key in ("trigger_word", "class_word", "steps", "final_loss", "notes"):
         if adapter_file.info.get(key) not in (None, ""):
-            lines.append(f"{key}: {adapter_file.info[key]}")
+            lines.append(f"{key}: {str(adapter_file.info[key])[:500]}")
     if model is not None and base:
-        lines.append(f"this MODEL: {describe_base(model_fingerprint(model))}")
+        lines.append(f"this MODEL: {describe_architecture(model_architecture(model))}")
     return "\n".join(lines)
 
 
@@ -115,14 +111,12 @@ class TapTuneAdapterInfo(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, adapter_name: str = "", model: Any = None) -> Any:
-        return adapter_fingerprint(adapter_name)
+        return adapter_file_stamp(adapter_name)
 
     @classmethod
     def execute(cls, adapter_name: str, model: Any = None) -> io.NodeOutput:
         node = "TapTuneAdapterInfo"
         path = adapter_path(node, "adapter_name", adapter_name)
-        try:
+        with node_errors(node, "adapter_name"):
             text = describe_adapter_file(path, adapter_name, model)
-        except ADAPTER_ERRORS as exc:
-            raise NodeInputError(node, "adapter_name", f"{adapter_name}: {exc}") from None
         return io.NodeOutput(text, ui=ui.PreviewText(text))

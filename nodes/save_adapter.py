@@ -6,9 +6,9 @@ from typing import Any
 
 from comfy_api.v0_0_2 import io, ui
 
-from ..adapter_core.file_format import save_adapter_file
+from ..adapter_core.file_format import write_adapter_file
 from ..training.trained_adapter import TrainedAdapter
-from .common import CATEGORY_TRAIN, NodeInputError, TapTuneAdapter, new_output_file
+from .common import CATEGORY_TRAIN, NodeInputError, TapTuneAdapter, write_new_output
 
 NODE = "TapTuneSaveAdapter"
 
@@ -41,10 +41,10 @@ class TapTuneSaveAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter: Any, filename_prefix: str = "taptune/adapter") -> io.NodeOutput:
-        if not isinstance(adapter, TrainedAdapter) and not hasattr(adapter, "to_file"):
+        if not isinstance(adapter, TrainedAdapter):
             raise NodeInputError(NODE, "adapter", "connect the adapter output of TapTuneDreamBoothTrain")
-        target, name = new_output_file(NODE, filename_prefix)
-        save_adapter_file(target, adapter.to_file())
+        adapter_file = adapter.to_file()
+        _, name = write_new_output(NODE, filename_prefix, lambda tmp: write_adapter_file(tmp, adapter_file))
         info = adapter.info
         summary = f"saved models/adapters/{name}: {adapter.kind}, {adapter.adapter_set.num_parameters():,} parameters"
         if info.get("steps") is not None:

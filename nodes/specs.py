@@ -6,16 +6,29 @@ from typing import Any
 
 from comfy_api.v0_0_2 import io
 
-from ..adapter_core.oft import OFTConfig, OFTConfigError
-from ..adapter_core.oft_set import TARGET_PRESETS
+from ..adapter_core.errors import ConfigError
+from ..adapter_core.oft.oft_config import MAX_BLOCKS, TARGET_PRESETS, OFTConfig
+from ..adapter_core.oft.oft_spec import OFTSpec
+from ..adapter_core.positions import ALL_POSITIONS
+from ..adapter_core.registry import spec_of_kind
 from ..adapter_core.sites import BLOCK_SELECTIONS
-from ..adapter_core.tap_adapter import INIT_MODES, TapConfig
-from ..adapter_core.tap_points import ALL_POSITIONS, BEST_PAIR, METHODS, TapConfigError
-from ..training.spec import OFTSpec, TapGroupSpec, TapSpec
-from .common import CATEGORY_TRAIN, NodeInputError, TapTuneSpec
+from ..adapter_core.tap.tap_config import INIT_MODES, MAX_MID_DIM, TapConfig
+from ..adapter_core.tap.tap_points import METHODS
+from ..adapter_core.tap.tap_spec import TapGroupSpec, TapSpec
+from .common import CATEGORY_TRAIN, TapTuneSpec, bounded_integer, bounded_number, choice, node_errors
+
+#: Widget defaults come from the config dataclasses (the papers' settings), never from literals here.
+TAP_DEFAULTS = TapConfig()
+TAP_GROUP_DEFAULTS = TapGroupSpec()
+OFT_DEFAULTS = OFTConfig()
+OFT_SPEC_DEFAULTS = OFTSpec()
+#: Longest explicit path list accepted (one path per line).
+MAX_LIST_CHARS = 1_000_000
 
 
-def _paths(text: str) -> tuple[str, ...]:
+def _paths(text: object, input_name: str) -> tuple[str, ...]:
+    if not isinstance(text, str) or len(text) > MAX_LIST_CHARS:
+        raise ConfigError(f"must be text of at most {MAX_LIST_CHARS} characters", input_name=input_name)
     return tuple(line.strip() for line in text.replace(",", "\n").splitlines() if line.strip())
 
 
@@ -36,21 +49,30 @@ class TapTuneTapSpec(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input(
-                    "din", options=list(ALL_POSITIONS), default=BEST_PAIR[0], tooltip="Where the adapter reads."
+                    "din", options=list(ALL_POSITIONS), default=TAP_DEFAULTS.din, tooltip="Where the adapter reads."
                 ),
                 io.Combo.Input(
-                    "dout", options=list(ALL_POSITIONS), default=BEST_PAIR[1], tooltip="Where it adds its output."
+                    "dout",
+                    options=list(ALL_POSITIONS),
+                    default=TAP_DEFAULTS.dout,
+                    tooltip="Where it adds its output (at or after din, in the same block kind).",
                 ),
-                io.Int.Input("mid_dim", default=60, min=1, max=4096, tooltip="Bottleneck width (adapter size)."),
+                io.Int.Input(
+                    "mid_dim",
+                    default=TAP_DEFAULTS.mid_dim,
+                    min=1,
+                    max=4096,
+                    tooltip="Bottleneck width (adapter size).",
+                ),
                 io.Combo.Input(
                     "method",
-                    options=list(METHODS[:1] + METHODS[2:]),
-                    default="relu",
+                    options=[m for m in METHODS if m != "default"],
+                    default=TAP_DEFAULTS.method,
                     tooltip="Activation between the two layers.",
                 ),
                 io.Float.Input(
                     "scale",
-                    default=1.0,
+                    default=TAP_DEFAULTS.scale,
                     min=-100.0,
                     max=100.0,
                     step=0.01,
@@ -59,20 +81,23 @@ class TapTuneTapSpec(io.ComfyNode):
                 io.Combo.Input(
                     "blocks",
                     options=list(BLOCK_SELECTIONS),
-                    default="all",
+                    default=TAP_GROUP_DEFAULTS.blocks,
+                    optional=True,
                     tooltip="Which blocks get an adapter (UNet region).",
                 ),
                 io.String.Input(
                     "block_list",
                     default="",
                     multiline=True,
+                    optional=True,
                     tooltip="Optional: explicit module paths (one per line, e.g. input_blocks.1.1.transformer_blocks.0); "
                     "overrides 'blocks'.",
                 ),
                 io.Combo.Input(
                     "init",
                     options=list(INIT_MODES),
-                    default="zero_up",
+                    default=TAP_GROUP_DEFAULTS.init,
+                    optional=True,
                     tooltip="zero_up: the model starts exactly as the base; paper: PyTorch's default init (the official code).",
                 ),
                 TapTuneSpec.Input(
@@ -87,31 +112,25 @@ class TapTuneTapSpec(io.ComfyNode):
         cls,
         din: str,
         dout: str,
-        mid_dim: int = 60,
-        method: str = "relu",
-        scale: float = 1.0,
+        mid_dim: int = TAP_DEFAULTS.mid_dim,
+        method: str = TAP_DEFAULTS.method,
+        scale: float = TAP_DEFAULTS.scale,
         blocks: str = "all",
         block_list: str = "",
         init: str = "zero_up",
         spec: Any = None,
     ) -> io.NodeOutput:
-        node = "TapTuneTapSpec"
-        try:
-            config = TapConfig(din, dout, int(mid_dim), method, float(scale))
-        except TapConfigError as exc:
-            raise NodeInputError(
-                node, "din/dout" if "din" in str(exc) or "dout" in str(exc) else "method", str(exc)
-            ) from None
-        if init not in INIT_MODES:
-            raise NodeInputError(node, "init", f"{init!r} is not one of {', '.join(INIT_MODES)}")
-        if blocks not in BLOCK_SELECTIONS:
-            raise NodeInputError(node, "blocks", f"{blocks!r} is not one of {', '.join(BLOCK_SELECTIONS)}")
-        group = TapGroupSpec(config, _paths(block_list) or blocks, init)
-        earlier: tuple[TapGroupSpec, ...] = ()
-        if spec is not None:
-            if not isinstance(spec, TapSpec):
-                raise NodeInputError(node, "spec", "only another tap spec can be chained here (not an OFT spec)")
-            earlier = spec.groups
+        with node_errors("TapTuneTapSpec", "din"):
+            config = TapConfig(
+                choice(din, "din", ALL_POSITIONS),
+                choice(dout, "dout", ALL_POSITIONS),
+                bounded_integer(mid_dim, "mid_dim", 1, MAX_MID_DIM),
+                choice(method, "method", METHODS),
+                bounded_number(scale, "scale", -100.0, 100.0),
+            )
+            chosen = _paths(block_list, "block_list") or choice(blocks, "blocks", BLOCK_SELECTIONS)
+            group = TapGroupSpec(config, chosen, choice(init, "init", INIT_MODES))
+            earlier = spec_of_kind(spec, "tap").groups if spec is not None else ()
         return io.NodeOutput(TapSpec((*earlier, group)))
 
 
@@ -132,26 +151,35 @@ class TapTuneOFTSpec(io.ComfyNode):
             ),
             inputs=[
                 io.Int.Input(
-                    "r", default=4, min=0, max=4096, tooltip="Number of diagonal blocks per layer (0: use block_size)."
+                    "r",
+                    default=OFT_DEFAULTS.r,
+                    min=0,
+                    max=4096,
+                    tooltip="Number of diagonal blocks per layer (0: use block_size).",
                 ),
                 io.Float.Input(
                     "eps",
-                    default=6e-5,
+                    default=OFT_DEFAULTS.eps,
                     min=1e-9,
                     max=10.0,
                     step=1e-6,
                     tooltip="COFT radius factor: each block stays within eps*k*k (divided by sqrt(r)).",
                 ),
                 io.Boolean.Input(
-                    "coft", default=True, tooltip="Constrained OFT: project onto the radius before every step."
+                    "coft",
+                    default=OFT_DEFAULTS.coft,
+                    tooltip="Constrained OFT: project onto the radius before every step.",
                 ),
                 io.Boolean.Input(
-                    "block_share", default=False, tooltip="One rotation block shared by all blocks of a layer."
+                    "block_share",
+                    default=OFT_DEFAULTS.block_share,
+                    tooltip="One rotation block shared by all blocks of a layer.",
                 ),
                 io.Combo.Input(
                     "targets",
                     options=list(TARGET_PRESETS),
-                    default="attention",
+                    default=OFT_SPEC_DEFAULTS.targets,
+                    optional=True,
                     tooltip="attention: to_q/to_k/to_v/to_out.0 of self- and cross-attention (the paper); or one kind; "
                     "attention_ff adds the feed-forward layers.",
                 ),
@@ -159,23 +187,31 @@ class TapTuneOFTSpec(io.ComfyNode):
                     "target_list",
                     default="",
                     multiline=True,
+                    optional=True,
                     tooltip="Optional: explicit layer paths (one per line); overrides 'targets'.",
                 ),
                 io.Int.Input(
-                    "block_size", default=0, min=0, max=4096, tooltip="Block size instead of r (used when r is 0)."
+                    "block_size",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    optional=True,
+                    tooltip="Block size instead of r (used when r is 0).",
                 ),
                 io.Int.Input(
                     "neumann_terms",
                     default=0,
                     min=0,
                     max=32,
+                    optional=True,
                     tooltip="0: exact Cayley transform. n > 0: Cayley-Neumann series with n terms (faster, approximately orthogonal).",
                 ),
                 io.Int.Input(
                     "magnitude_steps",
-                    default=0,
+                    default=OFT_SPEC_DEFAULTS.magnitude_steps,
                     min=0,
                     max=100000,
+                    optional=True,
                     tooltip="Extra steps after training that fit a per-neuron magnitude with the rotation fixed (0: off).",
                 ),
             ],
@@ -185,29 +221,31 @@ class TapTuneOFTSpec(io.ComfyNode):
     @classmethod
     def execute(
         cls,
-        r: int = 4,
-        eps: float = 6e-5,
-        coft: bool = True,
-        block_share: bool = False,
+        r: int = OFT_DEFAULTS.r or 4,
+        eps: float = OFT_DEFAULTS.eps,
+        coft: bool = OFT_DEFAULTS.coft,
+        block_share: bool = OFT_DEFAULTS.block_share,
         targets: str = "attention",
         target_list: str = "",
         block_size: int = 0,
         neumann_terms: int = 0,
         magnitude_steps: int = 0,
     ) -> io.NodeOutput:
-        node = "TapTuneOFTSpec"
-        try:
+        with node_errors("TapTuneOFTSpec", "r"):
+            blocks = bounded_integer(r, "r", 0, MAX_BLOCKS)
+            size = bounded_integer(block_size, "block_size", 0, MAX_BLOCKS)
             config = OFTConfig(
-                r=int(r) or None,
-                block_size=None if r else (int(block_size) or None),
+                r=blocks or None,
+                block_size=None if blocks else (size or None),
                 block_share=bool(block_share),
                 coft=bool(coft),
-                eps=float(eps),
+                eps=bounded_number(eps, "eps", 1e-9, 10.0),
             )
-        except OFTConfigError as exc:
-            raise NodeInputError(node, "r/block_size", str(exc)) from None
-        if targets not in TARGET_PRESETS and not target_list.strip():
-            raise NodeInputError(node, "targets", f"{targets!r} is not one of {', '.join(TARGET_PRESETS)}")
-        chosen = _paths(target_list) or targets
-        spec = OFTSpec(config, chosen, int(neumann_terms) or None, int(magnitude_steps))
+            chosen = _paths(target_list, "target_list") or choice(targets, "targets", TARGET_PRESETS)
+            spec = OFTSpec(
+                config,
+                chosen,
+                bounded_integer(neumann_terms, "neumann_terms", 0, 32) or None,
+                bounded_integer(magnitude_steps, "magnitude_steps", 0, 100000),
+            )
         return io.NodeOutput(spec)

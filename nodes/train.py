@@ -11,15 +11,25 @@ import comfy.utils
 import folder_paths
 from comfy_api.v0_0_2 import io
 
+from ..adapter_core.registry import kind_of_spec
 from ..patching.apply import apply_adapter_set
-from ..patching.model_access import model_fingerprint
-from ..training.errors import TrainingDivergedError, TrainingInputError
+from ..patching.model_access import model_architecture
 from ..training.images import RESIZE_MODES, flatten_images
-from ..training.loop import OPTIMIZERS, PRECISIONS, DreamBoothTrainer, TrainSettings
+from ..training.optimisation import OPTIMIZERS
 from ..training.schedule import SCHEDULES
+from ..training.settings import PRECISIONS, TrainSettings
 from ..training.trained_adapter import TrainedAdapter
+from ..training.trainer import DreamBoothTrainer
 from ..training.visuals import loss_curve, to_image_tensor
-from .common import CATEGORY_TRAIN, NodeInputError, TapTuneAdapter, TapTuneSpec
+from .common import (
+    CATEGORY_TRAIN,
+    NodeInputError,
+    TapTuneAdapter,
+    TapTuneSpec,
+    bounded_integer,
+    bounded_number,
+    node_errors,
+)
 
 NODE = "TapTuneDreamBoothTrain"
 NO_RESUME = "none"
@@ -35,10 +45,42 @@ def checkpoint_root() -> Path:
 
 
 def checkpoint_choices() -> list[str]:
-    """``none`` plus every checkpoint under the checkpoint folder, newest first."""
+    """``none`` plus every checkpoint under the checkpoint folder, newest first; never raises.
+
+    Building the node's schema must not fail because of what lies in a folder (a dangling link,
+    a file removed while listing): such entries are left out.
+    """
     root = checkpoint_root()
-    found = sorted(root.glob("*/step_*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
-    return [NO_RESUME] + [p.relative_to(root).as_posix() for p in found]
+    found: list[tuple[float, str]] = []
+    try:
+        runs = list(root.iterdir()) if root.is_dir() else []
+        for run in runs:
+            for file in run.glob("step_*.ckpt") if run.is_dir() else ():
+                try:
+                    found.append((file.stat().st_mtime, file.relative_to(root).as_posix()))
+                except (OSError, ValueError):
+                    continue
+    except OSError:
+        pass
+    return [NO_RESUME] + [name for _, name in sorted(found, reverse=True)]
+
+
+def resume_path(value: object) -> str | None:
+    """The checkpoint file a ``resume_from`` value names, only inside the checkpoint folder."""
+    if value is None or value == NO_RESUME:
+        return None
+    refusal = NodeInputError(NODE, "resume_from", "must be one of the checkpoints listed (output/taptune/checkpoints)")
+    if not isinstance(value, str) or "\x00" in value or len(value) > 1024 or not value.endswith(".ckpt"):
+        raise refusal
+    root = checkpoint_root()
+    try:
+        real_root = root.resolve()
+        real = (root / value).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise refusal from None
+    if real_root not in real.parents or not real.is_file():
+        raise refusal
+    return str(real)
 
 
 def _first(value: Any, default: Any = None) -> Any:
@@ -48,21 +90,36 @@ def _first(value: Any, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _setting(name: str, default: Any, value: Any) -> Any:
+    """A widget value as its setting's type, refusing what is not (ComfyUI lets API prompts send anything)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise NodeInputError(NODE, name, f"must be true or false, got {str(value)[:40]}")
+        return value
+    if isinstance(default, int):
+        return bounded_integer(value, name, -(2**63), 2**63 - 1)
+    if isinstance(default, float):
+        return bounded_number(value, name, -1e30, 1e30)
+    if not isinstance(value, str):
+        raise NodeInputError(NODE, name, f"must be text, got {type(value).__name__}")
+    return value
+
+
 def _settings(values: dict[str, Any]) -> TrainSettings:
     """The run's settings from the node's widget values; what a widget leaves out keeps its default."""
     own = {"learning_rate", "checkpoint_dir", "resume_from"}
-    # Each widget value takes its setting's type (the defaults' types: int, float, bool, str).
     given = {
-        f.name: type(f.default)(values[f.name])
+        f.name: _setting(f.name, f.default, values[f.name])
         for f in fields(TrainSettings)
         if f.name not in own and values.get(f.name) is not None
     }
-    resume = values.get("resume_from") or NO_RESUME
+    rate = values.get("learning_rate")
+    rate = 0.0 if rate is None else bounded_number(rate, "learning_rate", 0.0, 10.0)
     return TrainSettings(
         **given,
-        learning_rate=float(values.get("learning_rate") or 0.0) or None,  # 0: the spec kind's default
+        learning_rate=rate or None,  # 0: the spec kind's paper rate
         checkpoint_dir=str(checkpoint_root()),
-        resume_from=None if resume == NO_RESUME else str(checkpoint_root() / resume),
+        resume_from=resume_path(values.get("resume_from")),
     )
 
 
@@ -251,9 +308,9 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
         global _incomplete_runs
         values = {k: _first(v) for k, v in inputs.items() if k not in ("instance_images", "class_images")}
         model, clip, vae, spec = (values.get(k) for k in ("model", "clip", "vae", "spec"))
-        settings = _settings(values)
-        if spec is None or not hasattr(spec, "build"):
-            raise NodeInputError(NODE, "spec", "connect a TapTuneTapSpec or TapTuneOFTSpec")
+        with node_errors(NODE, "spec"):
+            settings = _settings(values)
+            kind_of_spec(spec)
         node_id = _first(cls.hidden.unique_id)
         bar = comfy.utils.ProgressBar(settings.steps, node_id=node_id)
 
@@ -261,7 +318,7 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
             bar.update_absolute(step, total, ("JPEG", preview, 512) if preview is not None else None)
             _progress_text(f"step {step}/{total}  loss {loss:.5f}", node_id)
 
-        try:
+        with node_errors(NODE, "spec"):
             trainer = DreamBoothTrainer(
                 model,
                 clip,
@@ -275,10 +332,6 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
                 report,
             )
             result = trainer.run()
-        except TrainingInputError as exc:
-            raise NodeInputError(NODE, exc.input_name, str(exc)) from None
-        except TrainingDivergedError as exc:
-            raise RuntimeError(f"{NODE}: {exc}") from None
         if result.cancelled:
             _incomplete_runs += 1
         info = {
@@ -294,7 +347,7 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
         }
         if result.cancelled:
             info["cancelled_at_step"] = result.steps_done
-        trained = TrainedAdapter(result.adapter_set, model_fingerprint(model), info)
+        trained = TrainedAdapter(result.adapter_set, model_architecture(model), info)
         adapted = apply_adapter_set(model, result.adapter_set, 1.0)
         curve = to_image_tensor(
             loss_curve(result.losses, title="DreamBooth loss" + (" (cancelled)" if result.cancelled else ""))

@@ -11,19 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from .model_access import DIFFUSION_PREFIX
-from .weight_patch import FunctionalWeightPatch
-
-
-class SameValue(FunctionalWeightPatch):
-    """A weight patch whose result is the weight itself (only the tensor is new)."""
-
-    name = "taptune_same_value"
-
-    def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
-        return weight
+from .weight_patch import FunctionalWeightPatch, same_value
 
 
 def with_autograd_weights(model: Any) -> Any:
@@ -35,5 +24,5 @@ def with_autograd_weights(model: Any) -> Any:
     patched = model.clone()
     buffers = {name for name, _ in patched.model.named_buffers()}
     keys = [k for k in patched.model_state_dict(DIFFUSION_PREFIX) if k not in buffers]
-    patched.add_patches({key: SameValue() for key in keys}, 1.0)
+    patched.add_patches({key: FunctionalWeightPatch.of(same_value) for key in keys}, 1.0)
     return patched

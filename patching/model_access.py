@@ -1,8 +1,9 @@
-"""Reading a ComfyUI MODEL (a ``ModelPatcher``) safely: originals, sites, layers, fingerprint.
+"""Reading a ComfyUI MODEL (a ``ModelPatcher``) safely: originals, sites, layers, architecture.
 
 While another clone's object patches sit in the shared model, the module tree may hold
-that clone's wrappers; every read here goes through ``get_model_object`` so that a clone
-only ever sees its own patches or the originals.
+that clone's wrappers; every read here goes through ``get_model_object`` (ComfyUI: a
+clone's own object patch for a path, else the original object, also while another clone's
+patch is installed) so that a clone only ever sees its own patches or the originals.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from typing import Any
 
 from torch import nn
 
-from ..adapter_core.base_fingerprint import base_fingerprint
-from ..adapter_core.oft_set import LayerShape, find_oft_targets
-from ..adapter_core.sites import TapSite, base_block, find_tap_sites
-from ..adapter_core.tapped_blocks import TAP_CHILD
+from ..adapter_core.architecture import architecture_signature
+from ..adapter_core.blocks import TAP_CHILD
+from ..adapter_core.errors import ConfigError, UnsupportedModelError
+from ..adapter_core.model_view import ModelView
+from ..adapter_core.sites import TapSite, base_block
 
 DIFFUSION_PREFIX = "diffusion_model."
 
@@ -34,12 +36,14 @@ def block_children(model: Any, path: str) -> dict[str, nn.Module]:
     someone else is read through ``get_model_object``.
     """
     current = model_object(model, path)
-    if hasattr(current, "base_block"):  # duck-typed, as TappedTransformerBlock.wrap does
+    if hasattr(current, "base_block"):  # duck-typed: a wrapper of another copy of this pack stacks too
         return {name: child for name, child in current.named_children() if name != TAP_CHILD}
     original = base_block(current)
     out = {}
     for name, child in original.named_children():
         key = f"{DIFFUSION_PREFIX}{path}.{name}"
+        # ComfyUI keeps a clone's object patches in ``object_patches`` and what they replaced,
+        # while loaded, in ``object_patches_backup``.
         patched = key in model.object_patches or key in model.object_patches_backup
         out[name] = model.get_model_object(key) if patched else child
     return out
@@ -51,28 +55,31 @@ def diffusion_model(model: Any) -> nn.Module:
     unet = getattr(inner, "diffusion_model", None)
     if unet is None or not hasattr(unet, "input_blocks"):
         name = type(unet).__name__ if unet is not None else type(inner).__name__
-        raise TypeError(f"this MODEL ({name}) is not a UNet; TapTune supports SD 1.x, SD 2.x and SDXL UNets")
+        raise UnsupportedModelError(
+            f"this MODEL ({name}) is not a UNet; TapTune supports SD 1.x, SD 2.x and SDXL UNets", input_name="model"
+        )
     return unet
 
 
-def model_sites(model: Any) -> list[TapSite]:
-    """Every block of the MODEL that can carry a tap adapter."""
-    return find_tap_sites(diffusion_model(model), resolve=lambda p: model_object(model, p))
-
-
-def model_linear_layers(model: Any, targets: Any = "attention") -> dict[str, LayerShape]:
-    """The linear layers selected by an OFT ``targets`` preset or list, with their shapes."""
-    return find_oft_targets(diffusion_model(model), targets, resolve=lambda p: model_object(model, p))
-
-
 def model_family(model: Any) -> str:
-    """ComfyUI's name for the model's family (``SD15``, ``SD20``, ``SDXL``...)."""
+    """ComfyUI's name for the model's family (``SD15``, ``SD20``, ``SDXL``...): its model config class."""
     return type(model.model.model_config).__name__
 
 
-def model_fingerprint(model: Any) -> dict[str, Any]:
-    """The ``base`` fingerprint written into adapter files and checked when loading them."""
-    return base_fingerprint(model_family(model), model.model.model_config.unet_config)
+def model_architecture(model: Any) -> dict[str, Any]:
+    """The architecture signature written into adapter files and checked when loading them."""
+    return architecture_signature(model_family(model), model.model.model_config.unet_config)
+
+
+def model_view(model: Any) -> ModelView:
+    """The MODEL's UNet as this clone sees it, for adapter kinds to size, check and plan with."""
+    unet = diffusion_model(model)
+    return ModelView(unet, resolve=lambda p: model_object(model, p), architecture=model_architecture(model))
+
+
+def model_sites(model: Any) -> list[TapSite]:
+    """Every block of the MODEL that can carry a block adapter."""
+    return model_view(model).sites()
 
 
 def unet_parameter_count(model: Any) -> int:
@@ -84,9 +91,13 @@ def model_layers_per_block(model: Any | None, default: int = 2) -> int:
     """ResBlocks per encoder level of the MODEL's UNet (what diffusers calls ``layers_per_block``)."""
     if model is None:
         return default
+    diffusion_model(model)
     blocks = model.model.model_config.unet_config.get("num_res_blocks", default)
     if isinstance(blocks, (list, tuple)):
         if len(set(blocks)) != 1:
-            raise ValueError(f"this UNet has a different number of ResBlocks per level ({list(blocks)})")
+            raise ConfigError(
+                f"this UNet has a different number of ResBlocks per level ({list(blocks)}); set layers_per_block",
+                input_name="layers_per_block",
+            )
         return int(blocks[0])
     return int(blocks)

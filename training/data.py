@@ -25,7 +25,7 @@ class Pool:
 
     def __post_init__(self) -> None:
         if len(self.latents) != len(self.prompts):
-            raise ValueError("one prompt per latent")
+            raise ValueError("one prompt per latent")  # a programming error, never user input
         self.by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, latent in enumerate(self.latents):
             self.by_shape[tuple(latent.shape)].append(i)
@@ -56,6 +56,9 @@ class BatchSampler:
         return list(self._queue)
 
     def restore(self, queue: list[int]) -> None:
+        """Continue the sequence a saved :meth:`state` describes; indices must be of this pool."""
+        if not all(isinstance(i, int) and 0 <= i < len(self.pool) for i in queue):
+            raise ValueError("the saved data order does not fit this pool")
         self._queue = list(queue)
 
     def next(self, generator: torch.Generator) -> Batch:

@@ -1,15 +1,16 @@
-"""Errors the training nodes turn into messages that name the node and the input."""
+"""Errors of training runs, in the pack's error family (``adapter_core.errors``)."""
 
 from __future__ import annotations
 
+from ..adapter_core.errors import TapTuneError
 
-class TrainingInputError(ValueError):
+
+class TrainingInputError(TapTuneError):
     """Bad training input, found before any training starts; names the input at fault."""
 
     def __init__(self, input_name: str, message: str) -> None:
-        super().__init__(message)
-        self.input_name = input_name
+        super().__init__(message, input_name=input_name)
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the adapter of the last good step is kept."""
+class TrainingDivergedError(TapTuneError):
+    """The loss or the gradients became NaN or infinite; nothing of the run is returned."""

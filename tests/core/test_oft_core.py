@@ -10,12 +10,14 @@ import torch
 from devtools.foreign_files import official_oft_dreambooth_state
 from taptune.adapter_core import OFTAdapterSet, OFTConfig, OFTConfigError, OFTRotation, hyperspherical_energy
 from taptune.adapter_core.file_format import AdapterFileError, load_adapter_file, save_adapter_file
-from taptune.adapter_core.oft import cayley, cayley_neumann, neumann_error_bound, rotate_input, rotate_weight
-from taptune.adapter_core.oft_import import diffusers_to_comfy_path, import_oft, peft_neumann_rotation
+from taptune.adapter_core.oft.cayley import cayley, cayley_neumann, neumann_error_bound, rotate_input, rotate_weight
+from taptune.adapter_core.oft.oft_import import diffusers_to_comfy_path, import_oft, peft_neumann_rotation
+
+from .views import LayersOnly
 
 
 def dense_reference(W: torch.Tensor, P_blocks: torch.Tensor, blocks: int, strength: float = 1.0) -> torch.Tensor:
-    """REFERENCE.md section 2 written out: S = (P - P^T)/2, R = (I - S)(I + S)^-1, dense block-diagonal, W R^T."""
+    """Specification §2.1-§2.2 written out: S = (P - P^T)/2, R = (I - S)(I + S)^-1, dense block-diagonal, W R^T."""
     P = P_blocks.double()
     if P.dim() == 2:
         P = P.expand(blocks, *P.shape)
@@ -169,7 +171,7 @@ def test_file_round_trip(tmp_path):
     save_adapter_file(path, oft_set.to_file())
     header = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["taptune"])
     assert header["adapters"][0]["r"] == 4 and header["adapters"][1]["block_size"] == 16
-    loaded = OFTAdapterSet.from_file(load_adapter_file(path), {**layers, "b.to_v": (64, 16)})
+    loaded = OFTAdapterSet.from_file(load_adapter_file(path), LayersOnly({**layers, "b.to_v": (64, 16)}))
     for name, rotation in oft_set.rotations.items():
         W = torch.randn(layers.get(name, (64, 16))[1], rotation.in_features)
         torch.testing.assert_close(loaded.rotations[name].merged_weight(W), rotation.merged_weight(W))

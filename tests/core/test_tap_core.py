@@ -13,17 +13,23 @@ from safetensors.torch import save_file
 from taptune.adapter_core import (
     PAPER_PAIRS,
     AdapterFileError,
+    ConfigError,
     TapAdapter,
     TapAdapterSet,
     TapConfig,
     TapConfigError,
     load_adapter_file,
+    load_adapter_set,
     save_adapter_file,
     validate_pair,
 )
-from taptune.adapter_core.file_format import numbered_path, read_header
-from taptune.adapter_core.sites import SiteKind, TapSite, select_sites
-from taptune.adapter_core.tap_points import ALL_POSITIONS, TRANSFORMER_DIN, TRANSFORMER_DOUT
+from taptune.adapter_core.file_format import read_header
+from taptune.adapter_core.positions import ALL_POSITIONS, SiteKind
+from taptune.adapter_core.safe_write import numbered_path
+from taptune.adapter_core.sites import TapSite, select_sites
+from taptune.adapter_core.tap.tap_points import TRANSFORMER_DIN, TRANSFORMER_DOUT
+
+from .views import SitesOnly
 
 
 def test_the_rules_allow_exactly_the_papers_twenty_pairs():
@@ -60,7 +66,7 @@ def test_config_validation():
     assert TapConfig("attn2o", "ffni", method="default").method == "relu"
     with pytest.raises(TapConfigError, match="unknown method 'gelu'"):
         TapConfig("attn2o", "ffni", method="gelu")
-    with pytest.raises(TapConfigError, match="mid_dim must be a positive integer"):
+    with pytest.raises(TapConfigError, match="mid_dim must be an integer in 1"):
         TapConfig("attn2o", "ffni", mid_dim=0)
 
 
@@ -113,9 +119,9 @@ def test_block_selection():
     assert len(select_sites(SITES, SiteKind.TRANSFORMER, "all")) == 3
     chosen = select_sites(SITES, SiteKind.TRANSFORMER, ["diffusion_model.output_blocks.0.1.transformer_blocks.0"])
     assert [s.path for s in chosen] == ["output_blocks.0.1.transformer_blocks.0"]
-    with pytest.raises(TapConfigError, match=r"did you mean input_blocks\.1\.1\.transformer_blocks\.0"):
+    with pytest.raises(ConfigError, match=r"did you mean input_blocks\.1\.1\.transformer_blocks\.0"):
         select_sites(SITES, SiteKind.TRANSFORMER, ["input_blocks.1.1.transformer_block.0"])
-    with pytest.raises(TapConfigError, match="unknown block selection 'upper'"):
+    with pytest.raises(ConfigError, match="unknown block selection 'upper'"):
         select_sites(SITES, SiteKind.TRANSFORMER, "upper")
 
 
@@ -134,9 +140,9 @@ def test_set_file_round_trip_keeps_everything(tmp_path):
     assert header["custom"] == {"a": [1]} and header["trigger_word"] == "sks"
     # attn2c adapters map context_dim -> context_dim
     assert loaded.adapters["middle_block.1.transformer_blocks.0"].down.weight.shape == (5, 16)
-    loaded.check_fits(SITES)
+    loaded.check_fits(SitesOnly(SITES))
     with pytest.raises(TapConfigError, match="made for width 16 at attn2c but this model has 8"):
-        loaded.check_fits([TapSite(s.path, s.kind, s.in_width, s.out_width, 8) for s in SITES])
+        loaded.check_fits(SitesOnly([TapSite(s.path, s.kind, s.in_width, s.out_width, 8) for s in SITES]))
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -199,13 +205,13 @@ def test_malformed_files(tmp_path, header, tensors, message):
     path = tmp_path / "bad.safetensors"
     save_file(tensors or {"x": torch.zeros(1)}, str(path), metadata={"taptune": json.dumps(header)})
     with pytest.raises(AdapterFileError, match=message):
-        TapAdapterSet.from_file(load_adapter_file(path))
+        load_adapter_set(path)
 
 
 def test_adapter_core_imports_nothing_from_comfyui():
     code = (
         "import sys, importlib.util; sys.path.insert(0, '.');"
-        "import adapter_core, adapter_core.cli, adapter_core.official_tap_import;"
+        "import adapter_core, adapter_core.cli, adapter_core.registry, adapter_core.tap.tap_official_import;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'comfy', 'comfy_api', 'folder_paths', 'nodes', 'execution'});"
         "print(bad); sys.exit(1 if bad else 0)"
     )

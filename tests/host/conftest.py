@@ -68,10 +68,10 @@ def demo_files(sd15, adapters_dir: Path, base_dir: Path) -> Path:
     import comfy.model_management
 
     from devtools.demo_files import DEMO_IMAGES, write_demo_adapters, write_demo_images
-    from taptune.patching.model_access import model_fingerprint
+    from taptune.patching.model_access import model_architecture
 
     model = sd15[0]
     comfy.model_management.load_models_gpu([model])
-    write_demo_adapters(adapters_dir, model.model.diffusion_model, model_fingerprint(model))
+    write_demo_adapters(adapters_dir, model.model.diffusion_model, model_architecture(model))
     write_demo_images(base_dir / "input" / DEMO_IMAGES, size=64)
     return adapters_dir

@@ -1,8 +1,8 @@
-"""Reference computations written from REFERENCE.md, independent of the code under test.
+"""Reference computations written from docs/specification.md, independent of the code under test.
 
 Nothing here imports the pack: adapter files are written with ``safetensors`` and
 ``json`` only, and the adapted blocks are recomputed position by position from the
-table of REFERENCE.md section 1 (and rotations from section 2).
+table of specification §1.1 (and rotations from §2.1-§2.2).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def adapter_fn(tensors: dict[str, torch.Tensor], method: str) -> Callable[[torch
 
 
 def transformer_reference(block: Any, x: torch.Tensor, ctx: torch.Tensor, taps: list[tuple]) -> torch.Tensor:
-    """A BasicTransformerBlock with tap adapters, from the table of REFERENCE.md section 1.
+    """A BasicTransformerBlock with tap adapters, from the table of specification §1.1.
 
     ``taps``: ``(din, dout, coefficient, A)``; at each position all reads happen before writes.
     """
@@ -155,7 +155,7 @@ def reference_hooks(model: Any, plan: dict[str, list[tuple]]):
 
 
 def cayley_rotation(S: torch.Tensor) -> torch.Tensor:
-    """``R = (I - S)(I + S)^-1`` for one block (REFERENCE.md section 2), in float64."""
+    """``R = (I - S)(I + S)^-1`` for one block (specification §2.2), in float64."""
     S = S.double()
     eye = torch.eye(S.shape[-1], dtype=S.dtype)
     return (eye - S) @ torch.linalg.inv(eye + S)

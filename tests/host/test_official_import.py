@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
 import comfy.model_management
+import pytest
 import torch
 import yaml
 from comfy.ldm.modules.attention import BasicTransformerBlock
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
 from devtools.comfy_host import ROOT
-from reference import adapter_fn, reference_hooks
-from taptune.nodes.convert import TapTuneImportOfficialAdapters
+from taptune.nodes.common import NodeInputError
 from taptune.nodes.load_adapter import TapTuneLoadAdapter
-from unet_io import fixed_inputs, raw_output, relative_error, unet_output
+from taptune.nodes.tap_import import TapTuneImportOfficialAdapters
+
+from .reference import adapter_fn, reference_hooks
+from .unet_io import fixed_inputs, raw_output, relative_error, unet_output
 
 
 def write_official_folder(folder, unet, seed=0):
@@ -97,15 +101,25 @@ def check_same_function(model, name, plan):
     assert relative_error(unet_output(model, x, sigma, ctx), expected) > 1e-3
 
 
-def test_node_converts_official_folder(sd15, adapters_dir, tmp_path):
+def test_node_converts_official_folder(sd15, adapters_dir, base_dir, tmp_path):
     model = sd15[0]
     comfy.model_management.load_models_gpu([model])
-    plan = write_official_folder(tmp_path / "999-adapters", model.model.diffusion_model)
-    out = TapTuneImportOfficialAdapters.execute(str(tmp_path / "999-adapters"), "", "imported/dog")
+    folder = base_dir / "input" / "official" / "999-adapters"
+    shutil.rmtree(folder, ignore_errors=True)
+    plan = write_official_folder(folder, model.model.diffusion_model)
+    out = TapTuneImportOfficialAdapters.execute("official/999-adapters", "", "imported/dog")
     (name,) = out.args
     assert name == "imported/dog_00001.safetensors"
     assert (adapters_dir / name).exists()
     check_same_function(model, name, plan)
+    # The same folder outside ComfyUI's folders is refused, without saying whether it exists.
+    write_official_folder(tmp_path / "outside", model.model.diffusion_model)
+    messages = []
+    for path in (str(tmp_path / "outside"), str(tmp_path / "missing"), "../../../etc"):
+        with pytest.raises(NodeInputError) as raised:
+            TapTuneImportOfficialAdapters.execute(path, "", "imported/dog")
+        messages.append(str(raised.value))
+    assert len(set(messages)) == 1 and "inside ComfyUI's input, output or models folders" in messages[0]
 
 
 def test_command_line_converts_official_folder(sd15, adapters_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""OFT/COFT on real ComfyUI MODELs: merged weights vs REFERENCE.md, training form, strengths, stacking, export."""
+"""OFT/COFT on real ComfyUI MODELs: merged weights vs the specification (§2), training form, strengths, stacking, export."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ from safetensors.torch import save_file
 from devtools.checkpoints import SD2_SMALL, SD15_FULL, SDXL_SMALL
 from devtools.foreign_files import official_oft_dreambooth_state
 from devtools.workflows import ksampler
-from reference import adapter_fn, random_tap_tensors, reference_hooks, rotated_weight, write_tap_file
-from taptune.adapter_core import OFTAdapterSet, OFTConfig, load_adapter_file
-from taptune.adapter_core.oft_import import diffusers_to_comfy_path
+from taptune.adapter_core import OFTAdapterSet, OFTConfig, load_adapter_file, oft_targets
+from taptune.adapter_core.oft.oft_import import diffusers_to_comfy_path
 from taptune.nodes.load_adapter import TapTuneLoadAdapter
-from taptune.nodes.oft import TapTuneExportOFTAsLoRA, TapTuneImportOFT
-from taptune.patching.apply import adapter_set_from_file
-from taptune.patching.model_access import model_linear_layers
-from taptune.patching.oft_patches import with_oft_merged, with_oft_trainable
-from unet_io import fixed_inputs, raw_output, relative_error, unet_output
+from taptune.nodes.oft_interchange import TapTuneExportOFTAsLoRA, TapTuneImportOFT
+from taptune.patching.apply import adapter_set_for_model
+from taptune.patching.model_access import model_view
+
+from .plans import with_adapters, with_oft_training_form
+from .reference import adapter_fn, random_tap_tensors, reference_hooks, rotated_weight, write_tap_file
+from .unet_io import fixed_inputs, raw_output, relative_error, unet_output
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -136,7 +137,7 @@ def test_a_loaded_oft_model_is_a_plain_model(sd15, adapters_dir):
 @pytest.mark.parametrize("targets", ["attention", "attention_ff", "cross_attention"])
 def test_merged_equals_the_training_form(sd15, targets):
     model = sd15[0]
-    layers = model_linear_layers(model, targets)
+    layers = oft_targets(model_view(model), targets)
     oft_set = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=False), magnitude=True)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -144,8 +145,8 @@ def test_merged_equals_the_training_form(sd15, targets):
             rotation.P.copy_(torch.randn(rotation.P.shape, generator=g) * 0.02)
             rotation.magnitude.copy_(1 + 0.1 * torch.randn(rotation.magnitude.shape, generator=g))
     x, sigma, ctx, _ = fixed_inputs(768, seed=3)
-    merged = unet_output(with_oft_merged(model, oft_set), x, sigma, ctx)
-    unmerged = unet_output(with_oft_trainable(model, oft_set), x, sigma, ctx)
+    merged = unet_output(with_adapters(model, oft_set), x, sigma, ctx)
+    unmerged = unet_output(with_oft_training_form(model, oft_set), x, sigma, ctx)
     base = unet_output(model, x, sigma, ctx)
     assert relative_error(unmerged, merged) < 1e-5
     assert relative_error(base, merged) > 1e-3
@@ -245,43 +246,44 @@ def test_diffusers_mapping_agrees_with_comfyui():
         assert checked > 0
 
 
-def test_import_node_checks_the_fit_and_records_the_base(sd15, adapters_dir, tmp_path):
+def test_import_node_checks_the_fit_and_records_the_base(sd15, adapters_dir, base_dir):
     model = sd15[0]
+    folder = base_dir / "input" / "oft_import"
+    folder.mkdir(parents=True, exist_ok=True)
     state = official_oft_dreambooth_state("down_blocks.0.attentions.0", scale=0.02, seed=0)
-    torch.save(state, tmp_path / "pytorch_lora_weights.bin")
-    (name,) = TapTuneImportOFT.execute(str(tmp_path / "pytorch_lora_weights.bin"), "imported/oft", 0, model).args
-    oft_set = adapter_set_from_file(load_adapter_file(adapters_dir / name), model)
+    torch.save(state, folder / "pytorch_lora_weights.bin")
+    (name,) = TapTuneImportOFT.execute("oft_import/pytorch_lora_weights.bin", "imported/oft", 0, model).args
+    oft_set = adapter_set_for_model(load_adapter_file(adapters_dir / name), model)
     assert len(oft_set.rotations) == 8
     (patched,) = TapTuneLoadAdapter.execute(model, name, 1.0).args
     x, sigma, ctx, _ = fixed_inputs(768, seed=9)
     assert relative_error(unet_output(patched, x, sigma, ctx), unet_output(model, x, sigma, ctx)) > 1e-4
     # The same file does not fit a model whose first level is 640 wide.
     state = {k.replace("down_blocks.0", "down_blocks.1"): v for k, v in state.items()}
-    torch.save(state, tmp_path / "wrong.bin")
+    torch.save(state, folder / "wrong.bin")
     with pytest.raises(ValueError, match=r"TapTuneImportOFT: input 'source': .*input width 320 but the layer has 640"):
-        TapTuneImportOFT.execute(str(tmp_path / "wrong.bin"), "imported/oft", 0, model)
+        TapTuneImportOFT.execute(str(folder / "wrong.bin"), "imported/oft", 0, model)
 
 
 def test_a_clone_never_sees_another_clones_object_patches(sd15):
     """Building patches while another clone's wrappers sit in the shared model reads the originals."""
     from taptune.adapter_core import TapAdapterSet, TapConfig
     from taptune.patching.model_access import model_sites
-    from taptune.patching.tap_patches import with_tap_adapters
 
     model = sd15[0]
-    layers = model_linear_layers(model, "attention")
+    layers = oft_targets(model_view(model), "attention")
     oft_set = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=False))
     with torch.no_grad():
         for rotation in oft_set.rotations.values():
             rotation.P.normal_(0, 0.02)
     x, sigma, ctx, _ = fixed_inputs(768, seed=12)
     base = unet_output(model, x, sigma, ctx)
-    trainable = with_oft_trainable(model, oft_set)
+    trainable = with_oft_training_form(model, oft_set)
     tap_set = TapAdapterSet.create(model_sites(model), TapConfig("attn2o", "ffni", mid_dim=8), init="paper", seed=1)
-    tapped = with_tap_adapters(model, tap_set)
+    tapped = with_adapters(model, tap_set)
     training_out = unet_output(trainable, x, sigma, ctx)  # its OFT wrappers are now in the shared model
-    merged = with_oft_merged(model, oft_set)  # weight keys must still be found
-    also_tapped = with_tap_adapters(model, tap_set)  # originals, not the other clone's wrappers
+    merged = with_adapters(model, oft_set)  # weight keys must still be found
+    also_tapped = with_adapters(model, tap_set)  # originals, not the other clone's wrappers
     assert relative_error(unet_output(merged, x, sigma, ctx), training_out) < 1e-5
     assert torch.equal(unet_output(also_tapped, x, sigma, ctx), unet_output(tapped, x, sigma, ctx))
     assert torch.equal(unet_output(model, x, sigma, ctx), base)

@@ -7,7 +7,15 @@ import pytest
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from devtools.checkpoints import SD15_FULL, SDXL_SMALL
-from taptune.adapter_core import OFTAdapterSet, OFTConfig, TapAdapterSet, TapConfig, find_oft_targets, find_tap_sites
+from taptune.adapter_core import (
+    ModelView,
+    OFTAdapterSet,
+    OFTConfig,
+    TapAdapterSet,
+    TapConfig,
+    find_tap_sites,
+    oft_targets,
+)
 from taptune.nodes.load_adapter import KNOWN_UNET_PARAMETERS
 
 SD20_FULL = {
@@ -52,7 +60,7 @@ def test_the_papers_recipe_on_full_sd15():
 
 
 def test_oft_parameter_counts_on_the_papers_targets():
-    layers = find_oft_targets(meta_unet(SD15_FULL), "attention")
+    layers = oft_targets(ModelView(meta_unet(SD15_FULL)), "attention")
     assert len(layers) == 16 * 8
     stored = {r: OFTAdapterSet.create(layers, OFTConfig(r=r)).num_parameters() for r in (2, 4, 8, 16)}
     assert stored == {2: 46_608_384, 4: 23_304_192, 8: 11_652_096, 16: 5_826_048}

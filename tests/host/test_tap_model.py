@@ -12,12 +12,13 @@ from comfy.ldm.modules.attention import BasicTransformerBlock
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
 from devtools.checkpoints import SD2_SMALL, SDXL_SMALL, build_model_patcher
-from reference import adapter_fn, random_tap_tensors, reference_hooks, write_tap_file
 from taptune.adapter_core import TapAdapterSet, TapConfig
 from taptune.nodes.load_adapter import TapTuneLoadAdapter
 from taptune.patching.model_access import model_sites
-from taptune.patching.tap_patches import with_tap_adapters
-from unet_io import fixed_inputs, raw_output, relative_error, unet_output
+
+from .plans import with_adapters
+from .reference import adapter_fn, random_tap_tensors, reference_hooks, write_tap_file
+from .unet_io import fixed_inputs, raw_output, relative_error, unet_output
 
 
 def make_file(folder, name, unet, groups, seed):
@@ -133,7 +134,7 @@ def test_gradients_reach_the_adapters_only(sd15):
     sites = model_sites(model)
     tap_set = TapAdapterSet.create(sites, TapConfig("attn2o", "ffni", mid_dim=8), init="paper", seed=0)
     tap_set.add_group(sites, TapConfig("resi", "reso", mid_dim=8), init="paper", seed=1)
-    patched = with_tap_adapters(model, tap_set)
+    patched = with_adapters(model, tap_set)
     comfy.model_management.load_models_gpu([patched])
     base_params = list(patched.model.diffusion_model.parameters())
     adapter_params = tap_set.parameters()

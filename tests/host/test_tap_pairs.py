@@ -1,4 +1,4 @@
-"""Every one of the paper's 20 tap-point pairs, on a stock-loaded SD 1.x checkpoint, against REFERENCE.md.
+"""Every one of the paper's 20 tap-point pairs, on a stock-loaded SD 1.x checkpoint, against the specification (§1).
 
 Adapter files are written independently (safetensors + json), loaded through the
 ``TapTuneLoadAdapter`` node, and the patched UNet's output is compared with the base
@@ -13,10 +13,11 @@ import torch
 from comfy.ldm.modules.attention import BasicTransformerBlock
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
-from reference import adapter_fn, random_tap_tensors, reference_hooks, write_tap_file
-from taptune.adapter_core.tap_points import PAPER_PAIRS
+from taptune.adapter_core import PAPER_PAIRS
 from taptune.nodes.load_adapter import TapTuneLoadAdapter
-from unet_io import fixed_inputs, raw_output, relative_error, unet_output
+
+from .reference import adapter_fn, random_tap_tensors, reference_hooks, write_tap_file
+from .unet_io import fixed_inputs, raw_output, relative_error, unet_output
 
 METHODS = ["relu", "sig", "silu", "ident", "default"]
 

@@ -6,13 +6,14 @@ import comfy.model_management
 import comfy.sampler_helpers
 import pytest
 import torch
-from training_helpers import denoising_error, oft_spec, prediction_drift, smooth_image, tap_spec, train
 
 from taptune.patching.apply import apply_adapter_set
 from taptune.training.conditioning import ConditioningCache
 from taptune.training.data import BatchSampler, Pool
 from taptune.training.errors import TrainingDivergedError, TrainingInputError
-from unet_io import fixed_inputs, unet_output
+
+from .training_helpers import denoising_error, oft_spec, prediction_drift, smooth_image, tap_spec, train
+from .unet_io import fixed_inputs, unet_output
 
 INSTANCE = [smooth_image(i) for i in range(3)]
 CLASSES = [smooth_image(100 + i) for i in range(4)]
@@ -170,8 +171,7 @@ def test_mixed_precision_runs_with_fp32_master_weights(sd15, precision, kind):
     ],
 )
 def test_bad_input_is_refused_before_training(sd15, case, input_name, message):
-    from taptune.adapter_core import OFTConfig
-    from taptune.training.spec import OFTSpec
+    from taptune.adapter_core import OFTConfig, OFTSpec
 
     reports = []
     kwargs = {"report": lambda *a: reports.append(a)}

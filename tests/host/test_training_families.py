@@ -9,15 +9,16 @@ from __future__ import annotations
 import comfy.model_sampling
 import pytest
 import torch
-from training_helpers import denoising_error, smooth_image
 
 from devtools.checkpoints import SD2_SMALL, SDXL_SMALL, build_model_patcher
 from devtools.standins import FixedTextEncoder, PixelVAE
-from taptune.adapter_core import TapConfig
+from taptune.adapter_core import TapConfig, TapGroupSpec, TapSpec
 from taptune.patching.apply import apply_adapter_set
-from taptune.training.loop import DreamBoothTrainer, TrainSettings
 from taptune.training.objective import prediction_error
-from taptune.training.spec import TapGroupSpec, TapSpec
+from taptune.training.settings import TrainSettings
+from taptune.training.trainer import DreamBoothTrainer
+
+from .training_helpers import denoising_error, smooth_image
 
 
 @pytest.mark.parametrize("sampling_type", [comfy.model_sampling.EPS, comfy.model_sampling.V_PREDICTION])

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from training_helpers import smooth_image
 
 from devtools.workflows import ksampler
-from taptune.training.class_images import ClassImageSettings, generate_class_images
+from taptune.training.class_image_cache import ClassImageSettings, generate_class_images
+
+from .training_helpers import smooth_image
 
 
 @pytest.fixture()

@@ -8,12 +8,12 @@ import comfy.model_management
 import torch
 import torch.nn.functional as F
 
-from taptune.adapter_core import OFTConfig, TapConfig
+from taptune.adapter_core import OFTConfig, OFTSpec, TapConfig, TapGroupSpec, TapSpec
 from taptune.training.conditioning import ConditioningCache
 from taptune.training.data import encode_latents
-from taptune.training.loop import DreamBoothTrainer, TrainSettings
 from taptune.training.objective import noisy_latents, prediction_error
-from taptune.training.spec import OFTSpec, TapGroupSpec, TapSpec
+from taptune.training.settings import TrainSettings
+from taptune.training.trainer import DreamBoothTrainer
 
 SIZE = 64
 

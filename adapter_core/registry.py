@@ -1,0 +1,66 @@
+"""The adapter-kind registry: the one place that knows which kinds exist.
+
+Everything outside the kind folders finds a kind here — by a file's ``kind`` field, or by
+the type of a spec a node received — and then uses only the protocols of ``kind.py``.
+Adding a kind is one folder beside ``tap/`` and ``oft/`` and one entry in :data:`KINDS`
+(``docs/architecture.md``, "Adding an adapter kind").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import AdapterFileError, ConfigError
+from .file_format import AdapterFile, load_adapter_file
+from .kind import AdapterKind, AdapterSetBase, AdapterSpec
+from .model_view import ModelView
+from .oft import OFT_KIND
+from .tap import TAP_KIND
+
+#: Every adapter kind, by the name files record.
+KINDS: dict[str, AdapterKind] = {kind.name: kind for kind in (TAP_KIND, OFT_KIND)}
+
+
+def kind_named(name: str) -> AdapterKind:
+    """The kind a file names; :class:`AdapterFileError` listing the known ones otherwise."""
+    kind = KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise AdapterFileError(f"unknown adapter kind {str(name)[:40]!r}; this version knows {', '.join(KINDS)}")
+    return kind
+
+
+def kind_of_spec(spec: Any) -> AdapterKind:
+    """The kind whose spec ``spec`` is; :class:`ConfigError` (input ``spec``) when it is none."""
+    for kind in KINDS.values():
+        if isinstance(spec, kind.spec):
+            return kind
+    raise ConfigError(
+        f"expected a TapTune spec ({', '.join(k.spec.__name__ for k in KINDS.values())}), got {type(spec).__name__}",
+        input_name="spec",
+    )
+
+
+def spec_of_kind(spec: Any, name: str) -> AdapterSpec:
+    """``spec`` if it is a spec of kind ``name``; :class:`ConfigError` (input ``spec``) otherwise."""
+    if kind_of_spec(spec).name != name:
+        raise ConfigError(f"only a {name} spec can be used here, not a {spec.kind} spec", input_name="spec")
+    return spec
+
+
+def adapter_set_from_file(adapter_file: AdapterFile, view: ModelView | None = None) -> AdapterSetBase[Any]:
+    """Rebuild the adapter set a parsed file holds, whatever its kind (checked as the kind checks)."""
+    try:
+        return kind_named(adapter_file.kind).adapter_set.from_file(adapter_file, view)
+    except AdapterFileError as exc:
+        raise exc.concerning(file=adapter_file.name or None) from None
+    except ConfigError as exc:  # a setting read from the file: the file is at fault, not an input
+        raise AdapterFileError(exc.message, file=adapter_file.name or None) from None
+
+
+def load_adapter_set(
+    path: str | os.PathLike[str], view: ModelView | None = None
+) -> tuple[AdapterFile, AdapterSetBase[Any]]:
+    """Read a file and rebuild its set: ``(file, set)``."""
+    adapter_file = load_adapter_file(path)
+    return adapter_file, adapter_set_from_file(adapter_file, view)

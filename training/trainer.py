@@ -1,0 +1,409 @@
+"""DreamBooth with prior preservation for any adapter kind, on a ComfyUI MODEL (specification §3).
+
+Each step draws ``batch_size`` instance latents (with their prompts) and as many class latents
+(with the class prompt), gives every sample its own timestep and noise, and minimises
+``instance error + prior_loss_weight * class error`` on the model's own prediction; only the
+adapter's parameters train. What differs between kinds (which parameters train in which
+phase, what runs before each forward pass, how the model computes through the adapters)
+comes from the spec.
+
+Nothing of the run stays in the model: the training clone is unloaded in ``finally`` (which
+removes its patches) and the base weights' ``requires_grad`` flags are put back. Cancel
+(ComfyUI's interrupt) ends the run after the last completed step, whose adapter is returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import comfy.model_management
+import torch
+from PIL import Image
+
+from ..adapter_core.errors import ConfigError
+from ..adapter_core.kind import AdapterSetBase, AdapterSpec
+from ..adapter_core.registry import kind_of_spec
+from ..patching.model_access import model_view
+from ..patching.training_clone import loaded_for_training, training_clone, training_memory
+from .conditioning import ConditioningCache
+from .data import Batch
+from .errors import TrainingDivergedError, TrainingInputError
+from .objective import noisy_latents, prediction_error, prior_preservation_loss, sample_sigmas
+from .optimisation import (
+    MAIN_PHASE,
+    PhaseOptimisation,
+    build_optimizer,
+    check_optimizer_state,
+    follow_schedule,
+    gradients_finite,
+    loss_scaler,
+    phase_at,
+)
+from .prompts import prompts_for_images, trigger_and_class_words
+from .run_data import RunData, check_data, prepare_run_data
+from .run_state import RunState
+from .schedule import LearningRateSchedule
+from .settings import TrainSettings, check_settings, resolve_precision
+from .visuals import sample_images, to_pil
+
+log = logging.getLogger("taptune.training")
+
+#: (step, total steps, loss of the step, preview image or None)
+Reporter = Callable[[int, int, float, Image.Image | None], None]
+
+
+@dataclass
+class TrainResult:
+    """What a run hands back: a frozen copy of the adapters and the story of the run."""
+
+    adapter_set: Any
+    losses: list[float]
+    steps_done: int
+    cancelled: bool
+    trigger_word: str
+    class_word: str
+    spec: dict[str, Any]
+    checkpoints: list[str] = field(default_factory=list)
+    learning_rate: float = 0.0
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+
+@contextlib.contextmanager
+def frozen_except(module: torch.nn.Module, trainable: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Only ``trainable`` gets gradients; every other flag is restored afterwards."""
+    keep = {id(p) for p in trainable}
+    flags = [(p, p.requires_grad) for p in module.parameters() if id(p) not in keep]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        for p in trainable:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class DreamBoothTrainer:
+    """One training run of an adapter spec with prior preservation."""
+
+    def __init__(
+        self,
+        model: Any,
+        clip: Any,
+        vae: Any,
+        spec: AdapterSpec,
+        instance_images: list[torch.Tensor],
+        instance_prompt: str,
+        class_prompt: str,
+        class_images: list[torch.Tensor] | None,
+        settings: TrainSettings,
+        report: Reporter | None = None,
+    ) -> None:
+        kind_of_spec(spec)  # a spec of a registered kind, or ConfigError naming the input
+        self.model, self.clip, self.vae, self.spec = model, clip, vae, spec
+        self.settings = settings
+        self.report = report or (lambda *args: None)
+        self.device = model.load_device
+        self.lr = settings.learning_rate or spec.learning_rate
+        check_settings(settings, self.lr)
+        check_data(settings, instance_images, instance_prompt, class_prompt, class_images)
+        self.generator = torch.Generator().manual_seed(int(settings.seed))
+        self.checkpoints: list[str] = []
+        self.instance_prompts = prompts_for_images(instance_prompt, len(instance_images), "instance_prompt")
+        self.class_prompt = class_prompt.strip()
+        self.instance_images = instance_images
+        self.class_images = class_images or []
+        self.trigger_word, self.class_word = trigger_and_class_words(instance_prompt, class_prompt)
+        self.view = model_view(model)
+        try:
+            with torch.inference_mode(False):  # trainable parameters must not be inference tensors
+                self.adapter_set: AdapterSetBase[Any] = spec.build(self.view, int(settings.seed))
+        except ConfigError as exc:
+            raise TrainingInputError("spec", f"does not fit this MODEL: {exc.message}") from None
+        self.autocast_dtype = resolve_precision(settings.precision, self.device)
+        self.resume_state = RunState.load(settings.resume_from) if settings.resume_from else None
+
+    # -- the run ----------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train; returns the adapter of the last completed step (also when cancelled)."""
+        s = self.settings
+        data = prepare_run_data(
+            self.model,
+            self.clip,
+            self.vae,
+            s,
+            (self.instance_images, self.instance_prompts),
+            (self.class_images, self.class_prompt),
+            {"spec": self.spec.describe(), "lr": self.lr},
+        )
+        train_model = training_clone(
+            self.model,
+            self.spec.training_plan(self.adapter_set, self.view),
+            gradient_checkpointing=s.gradient_checkpointing,
+        )
+        batch = s.batch_size * (2 if s.prior_loss_weight > 0 else 1)
+        memory = training_memory(
+            train_model, [batch, *data.latent_shape], self.adapter_set.num_parameters(), s.gradient_checkpointing
+        )
+        total = s.steps + self.spec.post_steps
+        losses: list[float] = []
+        step = 0
+        cancelled = False
+        optimisation: PhaseOptimisation | None = None
+        step_start: RunState | None = None
+        with loaded_for_training(train_model, memory) as unet:
+            optimisation = self._optimisation(phase_at(0, s.steps))
+            if self.resume_state is not None:
+                step, losses, optimisation = self._resume(data, optimisation)
+            try:
+                with (
+                    torch.inference_mode(False),
+                    torch.enable_grad(),
+                    frozen_except(unet, self.spec.trainable(self.adapter_set, optimisation.phase)),
+                ):
+                    while step < total:
+                        comfy.model_management.throw_exception_if_processing_interrupted()
+                        # Cancel usually lands inside a step (ComfyUI checks in every op): keep the
+                        # random state of the step's start, so that the checkpoint of the last
+                        # completed step resumes exactly.
+                        step_start = self._data_order(data, step)
+                        self._place_trainable()
+                        if phase_at(step, s.steps) != optimisation.phase:
+                            optimisation = self._enter_phase(phase_at(step, s.steps))
+                        loss = self._step(train_model, data, optimisation, step)
+                        optimisation.scheduler.step()
+                        step += 1
+                        losses.append(loss)
+                        if s.checkpoint_every and step % s.checkpoint_every == 0:
+                            self._checkpoint(data, step, losses, optimisation)
+                        preview = None
+                        if data.validation is not None and (step % s.validation_every == 0 or step == total):
+                            preview = self._preview(train_model, data.validation)
+                        self.report(step, total, loss, preview)
+            except comfy.model_management.InterruptProcessingException:
+                cancelled = True
+                self._after_cancel(data, step, losses, optimisation, step_start)
+        return TrainResult(
+            self.adapter_set.frozen_copy(),
+            losses,
+            step,
+            cancelled,
+            self.trigger_word,
+            self.class_word,
+            self.spec.describe(),
+            self.checkpoints,
+            self.lr,
+        )
+
+    def _after_cancel(
+        self,
+        data: RunData,
+        step: int,
+        losses: list[float],
+        optimisation: PhaseOptimisation | None,
+        step_start: RunState | None,
+    ) -> None:
+        if step_start is not None and step_start.step == step:  # interrupted inside the step
+            self.generator.set_state(step_start.generator)
+            for name, queue in step_start.samplers.items():
+                data.samplers[name].restore(queue)
+        log.info("TapTune: training cancelled after %d completed steps; keeping that adapter", step)
+        already_saved = bool(self.checkpoints) and self.checkpoints[-1].endswith(f"{step:06d}.ckpt")
+        if self.settings.checkpoint_every and step and optimisation is not None and not already_saved:
+            self._checkpoint(data, step, losses, optimisation)
+
+    def _data_order(self, data: RunData, step: int) -> RunState:
+        """The random state at the start of ``step`` (only the fields cancel needs)."""
+        return RunState(
+            run_key=data.run_key,
+            step=step,
+            phase="",
+            losses=[],
+            parameters=[],
+            optimizer={},
+            scheduler={},
+            generator=self.generator.get_state(),
+            samplers={n: b.state() for n, b in data.samplers.items()},
+        )
+
+    def _place_trainable(self) -> None:
+        """Trainable parameters on the training device (a partial unload by ComfyUI may have moved them)."""
+        for p in self.adapter_set.parameters():
+            if p.device != self.device:
+                p.data = p.data.to(self.device)
+
+    # -- optimisation -------------------------------------------------------------------------------
+
+    def _schedule(self, phase: str) -> LearningRateSchedule:
+        s = self.settings
+        steps = s.steps if phase == MAIN_PHASE else max(1, self.spec.post_steps)
+        return LearningRateSchedule(s.lr_schedule, steps, s.warmup_steps)
+
+    def _optimisation(self, phase: str, scaler: torch.amp.GradScaler | None = None) -> PhaseOptimisation:
+        s = self.settings
+        optimizer, scheduler = build_optimizer(
+            s.optimizer, self.spec.trainable(self.adapter_set, phase), self.lr, s.weight_decay, self._schedule(phase)
+        )
+        if scaler is None:
+            scaler = loss_scaler(self.device, self.autocast_dtype)
+        return PhaseOptimisation(phase, optimizer, scheduler, scaler)
+
+    def _enter_phase(self, phase: str) -> PhaseOptimisation:
+        """A new optimiser for ``phase``; only its parameters get gradients from now on."""
+        optimisation = self._optimisation(phase)
+        active = {id(p) for p in self.spec.trainable(self.adapter_set, phase)}
+        for p in self.adapter_set.parameters():
+            p.requires_grad_(id(p) in active)
+        return optimisation
+
+    def _step(self, model: Any, data: RunData, optimisation: PhaseOptimisation, step: int) -> float:
+        s = self.settings
+        optimizer, scaler = optimisation.optimizer, optimisation.scaler
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(s.gradient_accumulation):
+            self.spec.before_forward(self.adapter_set, optimisation.phase)
+            batches = {name: sampler.next(self.generator) for name, sampler in data.samplers.items()}
+            loss = self._loss(model, batches, data.conds)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the loss became {float(loss.detach())} at step {step + 1}: lower the learning_rate (now {self.lr:g}), "
+                    "or train with precision bf16 or fp32 instead of fp16. Nothing was returned or saved; with "
+                    "checkpoint_every, the last checkpoint holds the last good state",
+                    input_name="learning_rate",
+                )
+            scaled = loss / s.gradient_accumulation
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            total += float(loss.detach()) / s.gradient_accumulation
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            if not gradients_finite(optimizer):
+                raise TrainingDivergedError(
+                    f"gradients became infinite at step {step + 1}: lower the learning_rate (now {self.lr:g}) or use "
+                    "precision fp32. Nothing was returned or saved; with checkpoint_every, the last checkpoint holds "
+                    "the last good state",
+                    input_name="learning_rate",
+                )
+            optimizer.step()
+        return total
+
+    def _loss(self, model: Any, batches: dict[str, Batch], conds: ConditioningCache) -> torch.Tensor:
+        """Instance and class samples, each with its own noise level and noise, in as few forwards as possible."""
+        sampling = model.get_model_object("model_sampling")
+        names = list(batches)
+        shapes = {tuple(b.latents.shape[1:]) for b in batches.values()}
+        groups = [names] if len(shapes) == 1 else [[n] for n in names]
+        errors: dict[str, torch.Tensor] = {}
+        for group in groups:
+            latents = torch.cat([batches[n].latents for n in group]).to(self.device)
+            prompts = [p for n in group for p in batches[n].prompts]
+            sigma = sample_sigmas(sampling, latents.shape[0], self.generator).to(self.device)
+            noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
+            x_t = noisy_latents(sampling, sigma, noise, latents)
+            inputs = conds.batch(prompts, tuple(latents.shape[1:]))
+            options = dict(model.model_options.get("transformer_options", {}))
+            with self._autocast():
+                denoised = model.model.apply_model(x_t, sigma, transformer_options=options, **inputs)
+            error = prediction_error(sampling, sigma, x_t, denoised, latents)
+            offset = 0
+            for n in group:
+                count = batches[n].latents.shape[0]
+                errors[n] = error[offset : offset + count]
+                offset += count
+        return prior_preservation_loss(errors["instance"], errors.get("class"), self.settings.prior_loss_weight)
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # -- checkpoints, resume and previews --------------------------------------------------------------
+
+    def _checkpoint(self, data: RunData, step: int, losses: list[float], optimisation: PhaseOptimisation) -> None:
+        if not self.settings.checkpoint_dir:
+            return
+        path = Path(self.settings.checkpoint_dir) / data.run_key / f"step_{step:06d}.ckpt"
+        state = RunState(
+            run_key=data.run_key,
+            step=step,
+            phase=phase_at(max(step - 1, 0), self.settings.steps),
+            losses=list(losses),
+            parameters=self.adapter_set.parameters(),
+            optimizer=optimisation.optimizer.state_dict(),
+            scheduler=optimisation.scheduler.state_dict(),
+            generator=self.generator.get_state(),
+            samplers={name: sampler.state() for name, sampler in data.samplers.items()},
+            spec=self.spec.describe(),
+            scaler=optimisation.scaler.state_dict() if optimisation.scaler is not None else None,
+            trigger_word=self.trigger_word,
+            class_word=self.class_word,
+        )
+        state.save(path)
+        self.checkpoints.append(str(path))
+        log.info("TapTune: checkpoint %s", path)
+
+    def _resume(self, data: RunData, optimisation: PhaseOptimisation) -> tuple[int, list[float], PhaseOptimisation]:
+        state = self.resume_state
+        assert state is not None
+        if state.run_key != data.run_key:
+            raise TrainingInputError(
+                "resume_from",
+                "this checkpoint was made from other inputs (spec, images, prompts or settings differ); resume with the "
+                "same graph, changing only steps, validation or checkpoint settings",
+            )
+        parameters = self.adapter_set.parameters()
+        if [tuple(p.shape) for p in parameters] != [tuple(p.shape) for p in state.parameters]:
+            raise TrainingInputError("resume_from", "the checkpoint holds a different adapter")
+        if state.phase != MAIN_PHASE and phase_at(state.step, self.settings.steps) == MAIN_PHASE:
+            raise TrainingInputError(
+                "steps",
+                f"the checkpoint is in the post-stage; steps must stay at most {state.step} to resume it",
+            )
+        with torch.no_grad():
+            for p, saved in zip(parameters, state.parameters, strict=True):
+                p.copy_(saved.to(p))
+        if state.phase != optimisation.phase:
+            optimisation = self._optimisation(state.phase, optimisation.scaler)
+        try:
+            optimisation.optimizer.load_state_dict(state.optimizer)
+            optimisation.scheduler.load_state_dict(state.scheduler)
+            check_optimizer_state(optimisation.optimizer)
+            if optimisation.scaler is not None and state.scaler:
+                optimisation.scaler.load_state_dict(state.scaler)
+            self.generator.set_state(state.generator)
+            for name, sampler in data.samplers.items():
+                sampler.restore(state.samplers.get(name, []))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError):
+            raise TrainingInputError(
+                "resume_from", "the checkpoint's optimiser or data-order state is damaged"
+            ) from None
+        # The saved scheduler carries the old run's schedule (its total steps); use this run's.
+        follow_schedule(optimisation.optimizer, optimisation.scheduler, self._schedule(optimisation.phase))
+        log.info("TapTune: resuming at step %d from %s", state.step, self.settings.resume_from)
+        return state.step, list(state.losses), optimisation
+
+    def _preview(self, model: Any, validation: dict[str, Any]) -> Image.Image:
+        with torch.inference_mode(False), torch.no_grad():
+            image = sample_images(
+                model,
+                self.vae,
+                validation["positive"],
+                validation["negative"],
+                validation["shape"],
+                [self.settings.seed],
+                self.settings.validation_steps,
+                cfg=7.0,
+            )
+        return to_pil(image)

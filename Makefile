@@ -5,7 +5,7 @@
 #
 # Any other ComfyUI: `make test COMFYUI_DIR=/path/to/ComfyUI PYTHON=/path/to/python` (likewise
 # demo, test-core, lint, bench). PYTHON is the interpreter of the environment that runs that
-# ComfyUI (default python3; `test` needs pytest there, `lint` ruff). Nothing is built then and
+# ComfyUI (default python3; `test` needs requirements-dev.txt installed there, `lint` ruff). Nothing is built then and
 # neither .venv/ nor .host/ComfyUI/ is used: the tests import that ComfyUI in-process and the
 # server test starts its main.py.
 PORT    ?= 8188

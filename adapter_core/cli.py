@@ -11,28 +11,40 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from .errors import TapTuneError
-from .file_format import save_adapter_file
+from .errors import AdapterFileError, TapTuneError
+from .file_format import check_adapter_file, save_adapter_file
 from .registry import load_adapter_set
 from .tap.tap_official_import import import_official_tap_dir
 
 
+def _print(text: str) -> None:
+    """Print text from a file on any terminal: what its encoding cannot show is escaped, not fatal."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
+
+
 def _info(args: argparse.Namespace) -> int:
     adapter_file, adapter_set = load_adapter_set(args.file)
-    print(f"kind: {adapter_file.kind}")
+    _print(f"kind: {adapter_file.kind}")
     for line in adapter_set.describe():
-        print(f"group: {line}")
-    print(f"base: {adapter_file.base}")
+        _print(f"group: {line}")
+    _print(f"base: {str(adapter_file.base)[:2000]}")
     for key, value in adapter_file.info.items():
-        print(f"{key}: {str(value)[:500]}")
-    print(f"tensors: {len(adapter_file.tensors)}, parameters: {adapter_set.num_parameters():,}")
+        _print(f"{key[:100]}: {str(value)[:500]}")
+    _print(f"tensors: {len(adapter_file.tensors)}, parameters: {adapter_set.num_parameters():,}")
     return 0
 
 
 def _convert_official(args: argparse.Namespace) -> int:
     tap_set = import_official_tap_dir(args.directory, args.config)
-    save_adapter_file(args.output, tap_set.to_file(notes=f"imported from the official code's folder {args.directory}"))
+    adapter_file = tap_set.to_file(notes=f"imported from the official code's folder {args.directory}")
+    try:
+        check_adapter_file(adapter_file)  # what is written must load (the folder path is in it too)
+    except AdapterFileError as exc:
+        raise exc.concerning(file=Path(args.directory).name) from None
+    save_adapter_file(args.output, adapter_file)
     print(f"wrote {args.output}: " + "; ".join(tap_set.describe()))
     return 0
 
@@ -58,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except TapTuneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = f"error: {exc}"
+        encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+        print(message.encode(encoding, "backslashreplace").decode(encoding, "replace"), file=sys.stderr)
         return 2
     except FileExistsError as exc:
         print(f"error: {exc.filename} exists; choose another output name", file=sys.stderr)

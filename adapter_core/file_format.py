@@ -32,6 +32,9 @@ _KNOWN_FIELDS = ("format", "kind", "adapters", "base")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: Adapter tensors are vectors, matrices, skew stacks or conv kernels.
 MAX_TENSOR_DIMS = 4
+#: Most tensors one adapter file may hold (``kind.MAX_MODULES`` modules of up to 6 tensors each);
+#: checked on the header before any tensor is read.
+MAX_FILE_TENSORS = 6 * 4096
 
 
 @dataclass
@@ -100,20 +103,39 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
             file=name,
         )
     try:
-        header = parse_json_object(raw, f"'{METADATA_KEY}' metadata")
-        fmt = header.get("format")
-        if fmt != FORMAT:
-            raise AdapterFileError(f"format {str(fmt)[:40]!r} is not supported; this version reads {FORMAT!r}")
-        if not isinstance(header.get("kind"), str):
-            raise AdapterFileError("'kind' must be a string")
-        adapters = header.get("adapters")
-        if not isinstance(adapters, list) or not adapters or not all(isinstance(a, dict) for a in adapters):
-            raise AdapterFileError("'adapters' must be a non-empty list of objects")
-        if header.get("base") is not None and not isinstance(header["base"], dict):
-            raise AdapterFileError("'base' must be an object when present")
+        return _checked_header(parse_json_object(raw, f"'{METADATA_KEY}' metadata"))
     except AdapterFileError as exc:
         raise exc.concerning(file=name) from None
+
+
+def _checked_header(header: dict[str, Any]) -> dict[str, Any]:
+    fmt = header.get("format")
+    if fmt != FORMAT:
+        raise AdapterFileError(f"format {str(fmt)[:40]!r} is not supported; this version reads {FORMAT!r}")
+    if not isinstance(header.get("kind"), str):
+        raise AdapterFileError("'kind' must be a string")
+    adapters = header.get("adapters")
+    if not isinstance(adapters, list) or not adapters or not all(isinstance(a, dict) for a in adapters):
+        raise AdapterFileError("'adapters' must be a non-empty list of objects")
+    if header.get("base") is not None and not isinstance(header["base"], dict):
+        raise AdapterFileError("'base' must be an object when present")
     return header
+
+
+def check_adapter_file(adapter_file: AdapterFile) -> None:
+    """The checks :func:`load_adapter_file` makes, on content about to be written (importers call this).
+
+    The metadata goes through the same JSON reading (size, depth, numbers, text) and field checks,
+    the tensors through the same count, dtype and shape checks; the kind's own checks are the
+    caller's (``from_file``).
+    """
+    _checked_header(parse_json_object(json.dumps(adapter_file.header(), sort_keys=True), f"'{METADATA_KEY}' metadata"))
+    if len(adapter_file.tensors) > MAX_FILE_TENSORS:
+        raise AdapterFileError(
+            f"holds {len(adapter_file.tensors)} tensors; an adapter file holds at most {MAX_FILE_TENSORS}"
+        )
+    for key, tensor in adapter_file.tensors.items():
+        _checked_tensor(key, tensor)
 
 
 def _checked_tensor(key: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -134,7 +156,10 @@ def load_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:
     header = read_header(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            tensors = {key: _checked_tensor(key, handle.get_tensor(key)) for key in handle.keys()}  # noqa: SIM118 - not a dict
+            keys = list(handle.keys())
+            if len(keys) > MAX_FILE_TENSORS:
+                raise AdapterFileError(f"holds {len(keys)} tensors; an adapter file holds at most {MAX_FILE_TENSORS}")
+            tensors = {key: _checked_tensor(key, handle.get_tensor(key)) for key in keys}
     except AdapterFileError as exc:
         raise exc.concerning(file=name) from None
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:

@@ -63,6 +63,12 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
         raise AdapterFileError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise AdapterFileError(f"{what} must be a JSON object")
+    try:
+        # A ``\\ud800`` escape parses to a lone surrogate, which no UTF-8 output (a terminal, a
+        # saved file, the UI) can take; one C-speed pass over the parsed value finds any.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise AdapterFileError(f"{what} holds text that is not valid Unicode (a lone surrogate)") from None
     return value
 
 
@@ -147,5 +153,5 @@ def str_list_field(entry: Mapping[str, Any], key: str, where: str, *, max_items:
     """A list of strings (module paths); empty lists and duplicates are the caller's to judge."""
     value = entry.get(key)
     if not isinstance(value, list) or len(value) > max_items or not all(isinstance(v, str) for v in value):
-        raise AdapterFileError(f"{where}: '{key}' must be a list of strings")
+        raise AdapterFileError(f"{where}: '{key}' must be a list of at most {max_items:,} strings")
     return list(value)

@@ -4,8 +4,11 @@
   place by a rename (replacing, for files that belong to a run, like checkpoints) or by a
   hard link (for new files: the link fails if the name exists, so two writers racing for one
   name can never replace each other's file).
-* Temporary names carry the writer's process id; a writer killed mid-write leaves one behind,
-  and the next write into that folder deletes those of processes that no longer run.
+* The temporary file lives in a temporary folder of its own, named with the writer's process
+  id: libraries that write through their own temporary next to the file they are given
+  (safetensors' ``save_file`` does) leave theirs inside it, not in the user's folder. A writer
+  killed mid-write leaves that folder behind, and the next write into the same folder deletes
+  those of processes that no longer run.
 * Files get the permissions the umask gives (as any program's new files), not ``0600``.
 * New numbered files (``<prefix>_00001.safetensors``) take the prefix literally (glob
   characters are just characters) and the next free number.
@@ -17,6 +20,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +45,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:
-    """Delete the temporaries of writers that no longer run; returns their names."""
+    """Delete the temporary folders (and files, of earlier versions) of writers that no longer run; returns their names."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -55,7 +59,10 @@ def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:
         if pid == os.getpid() or _process_alive(pid):
             continue
         try:
-            os.unlink(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:  # a temporary file of an earlier version
+                os.unlink(entry.path)
             removed.append(entry.name)
         except OSError:
             pass
@@ -83,9 +90,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], *
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(target.parent)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
+    tmp_folder = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    os.mkdir(tmp_folder, 0o700)  # fails if it exists: never someone else's folder
+    tmp = tmp_folder / target.name
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
         write(str(tmp))
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -95,8 +104,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], *
             _link_new(tmp, target)
         _fsync_folder(target.parent)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmp_folder, ignore_errors=True)
     return target
 
 

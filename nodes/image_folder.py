@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..training.images import RESIZE_MODES, prepare_images
 from .common import CATEGORY_TRAIN, NodeInputError, bounded_integer, choice, node_errors
+from .user_paths import resolve_user_path
 
 NODE = "TapTuneLoadImageFolder"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -136,13 +137,7 @@ class TapTuneLoadImageFolder(io.ComfyNode):
     def execute(
         cls, folder: str, resize_mode: str = "none", resolution: int = 512, require_captions: bool = False
     ) -> io.NodeOutput:
-        root = Path(folder_paths.get_input_directory()).resolve()
-        try:
-            path = (root / folder).resolve() if isinstance(folder, str) and folder and "\x00" not in folder else None
-        except (OSError, RuntimeError):
-            path = None
-        if path is None or not path.is_dir() or (path != root and root not in path.parents):
-            raise NodeInputError(NODE, "folder", "must be a folder inside ComfyUI's input folder")
+        path = resolve_user_path(NODE, "folder", folder, "dir", input_folder_only=True)
         with node_errors(NODE, "resolution"):
             mode = choice(resize_mode, "resize_mode", RESIZE_MODES)
             size = bounded_integer(resolution, "resolution", 64, 4096)

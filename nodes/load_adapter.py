@@ -57,9 +57,11 @@ class TapTuneLoadAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, adapter_name: str, strength: float = 1.0) -> io.NodeOutput:
         node = "TapTuneLoadAdapter"
+        with node_errors(node, "strength"):
+            weight = bounded_number(strength, "strength", -10.0, 10.0)
         path = adapter_path(node, "adapter_name", adapter_name)
         with node_errors(node, "adapter_name"):
-            patched = apply_adapter_file(model, path, bounded_number(strength, "strength", -10.0, 10.0))
+            patched = apply_adapter_file(model, path, weight)
         return io.NodeOutput(patched)
 
 

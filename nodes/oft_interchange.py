@@ -11,7 +11,7 @@ from comfy_api.v0_0_2 import io, ui
 from safetensors.torch import save_file
 
 from ..adapter_core.architecture import check_architecture
-from ..adapter_core.file_format import load_adapter_file, write_adapter_file
+from ..adapter_core.file_format import check_adapter_file, load_adapter_file, write_adapter_file
 from ..adapter_core.oft.oft_import import import_oft
 from ..patching.apply import adapter_set_for_model
 from ..patching.model_access import model_architecture, model_layers_per_block, model_view
@@ -86,6 +86,7 @@ class TapTuneImportOFT(io.ComfyNode):
             if model is not None:
                 adapter_set_for_model(adapter_file, model).check_fits(model_view(model))
                 adapter_file.base = model_architecture(model)
+            check_adapter_file(adapter_file)  # what is written must load, with the base recorded
         _, name = write_new_output(node, filename_prefix, lambda tmp: write_adapter_file(tmp, adapter_file))
         layers = sum(len(g["modules"]) for g in adapter_file.adapters)
         return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name}: {layers} rotated layers"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io, ui
 
-from ..adapter_core.file_format import write_adapter_file
+from ..adapter_core.file_format import check_adapter_file, write_adapter_file
 from ..adapter_core.tap.tap_official_import import import_official_tap_dir
 from .common import CATEGORY_CONVERT, node_errors, write_new_output
 from .user_paths import resolve_user_path
@@ -55,6 +55,7 @@ class TapTuneImportOfficialAdapters(io.ComfyNode):
         config_path = resolve_user_path(NODE, "config", config, "file") if str(config).strip() else None
         with node_errors(NODE, "directory"):
             tap_set = import_official_tap_dir(folder, config_path)
-        adapter_file = tap_set.to_file(notes=f"imported from the official code's folder {folder.name}")
+            adapter_file = tap_set.to_file(notes=f"imported from the official code's folder {folder.name}")
+            check_adapter_file(adapter_file)  # what is written must load (the folder name is in it too)
         _, name = write_new_output(NODE, filename_prefix, lambda tmp: write_adapter_file(tmp, adapter_file))
         return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name}: " + "; ".join(tap_set.describe())))

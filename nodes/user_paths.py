@@ -32,13 +32,19 @@ def allowed_roots() -> list[Path]:
     return resolved
 
 
-def resolve_user_path(node: str, input_name: str, value: object, expect: str = "any") -> Path:
-    """The resolved path a user typed, if it exists inside ComfyUI's folders (``expect``: file, dir, any)."""
+def resolve_user_path(
+    node: str, input_name: str, value: object, expect: str = "any", *, input_folder_only: bool = False
+) -> Path:
+    """The resolved path a user typed, if it exists inside ComfyUI's folders (``expect``: file, dir, any).
+
+    With ``input_folder_only`` only ComfyUI's input folder is allowed.
+    """
+    where = "ComfyUI's input folder" if input_folder_only else "ComfyUI's input, output or models folders"
     refusal = NodeInputError(
         node,
         input_name,
         f"must name an existing {'folder' if expect == 'dir' else 'file' if expect == 'file' else 'file or folder'} "
-        "inside ComfyUI's input, output or models folders (relative paths start in the input folder)",
+        f"inside {where} (relative paths start in the input folder)",
     )
     if not isinstance(value, str) or not value.strip():
         raise NodeInputError(node, input_name, "a path is required")
@@ -52,8 +58,12 @@ def resolve_user_path(node: str, input_name: str, value: object, expect: str = "
         real = path.resolve(strict=True)
     except (OSError, RuntimeError):
         raise refusal from None
-    if not any(real == root or root in real.parents for root in allowed_roots()):
+    roots = [Path(folder_paths.get_input_directory()).resolve()] if input_folder_only else allowed_roots()
+    if not any(real == root or root in real.parents for root in roots):
         raise refusal
-    if (expect == "dir" and not real.is_dir()) or (expect == "file" and not real.is_file()):
-        raise refusal
+    try:
+        if (expect == "dir" and not real.is_dir()) or (expect == "file" and not real.is_file()):
+            raise refusal
+    except OSError:
+        raise refusal from None
     return real

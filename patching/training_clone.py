@@ -79,10 +79,35 @@ def release(model: Any) -> None:
 
 @contextlib.contextmanager
 def loaded_for_training(model: Any, memory_required: float) -> Iterator[nn.Module]:
-    """``model`` fully loaded for training (outside inference mode); its UNet is yielded; always released."""
+    """``model`` fully loaded for training (outside inference mode); its UNet is yielded; always released.
+
+    The torch module is shared with the MODEL the clone was made from; its parameters'
+    ``requires_grad`` flags are put back as they were once the clone is released.
+    """
+    flags = requires_grad_flags(model.model)
     try:
         with torch.inference_mode(False):
             comfy.model_management.load_models_gpu([model], memory_required=memory_required, force_full_load=True)
         yield model.model.diffusion_model
     finally:
         release(model)
+        restore_requires_grad(model.model, flags)
+
+
+def requires_grad_flags(module: nn.Module) -> dict[str, bool]:
+    """Each parameter's ``requires_grad``, by name."""
+    return {name: p.requires_grad for name, p in module.named_parameters()}
+
+
+def restore_requires_grad(module: nn.Module, flags: dict[str, bool]) -> None:
+    """Put back the flags :func:`requires_grad_flags` recorded.
+
+    Unloading restores each patched weight as a new ``Parameter(requires_grad=False)`` (ComfyUI's
+    ``set_attr_param``), so without this the shared module would come back changed. Loaded weights are
+    usually inference tensors, whose flag can only be set inside inference mode.
+    """
+    with torch.inference_mode():
+        for name, p in module.named_parameters():
+            flag = flags.get(name)
+            if flag is not None and p.requires_grad != flag:
+                p.requires_grad_(flag)

@@ -14,3 +14,7 @@ class TrainingInputError(TapTuneError):
 
 class TrainingDivergedError(TapTuneError):
     """The loss or the gradients became NaN or infinite; nothing of the run is returned."""
+
+
+class CheckpointWriteError(TapTuneError):
+    """A training checkpoint could not be written (disk full, folder not writable...); the run stops."""

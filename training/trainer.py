@@ -10,6 +10,7 @@ comes from the spec.
 Nothing of the run stays in the model: the training clone is unloaded in ``finally`` (which
 removes its patches) and the base weights' ``requires_grad`` flags are put back. Cancel
 (ComfyUI's interrupt) ends the run after the last completed step, whose adapter is returned.
+A checkpoint that cannot be written stops the run with :class:`CheckpointWriteError`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..patching.model_access import model_view
 from ..patching.training_clone import loaded_for_training, training_clone, training_memory
 from .conditioning import ConditioningCache
 from .data import Batch
-from .errors import TrainingDivergedError, TrainingInputError
+from .errors import CheckpointWriteError, TrainingDivergedError, TrainingInputError
 from .objective import noisy_latents, prediction_error, prior_preservation_loss, sample_sigmas
 from .optimisation import (
     MAIN_PHASE,
@@ -350,7 +351,18 @@ class DreamBoothTrainer:
             trigger_word=self.trigger_word,
             class_word=self.class_word,
         )
-        state.save(path)
+        try:
+            state.save(path)
+        except OSError as exc:
+            # A run asked to keep checkpoints must not go on without them, nor end with a bare OSError: the
+            # message names the file as resume_from lists it (never the server path) and the reason.
+            reason = exc.strerror or type(exc).__name__
+            raise CheckpointWriteError(
+                f"could not write the training checkpoint ({reason}); the run stopped. Free disk space or make "
+                "output/taptune/checkpoints writable, or set checkpoint_every to 0",
+                input_name="checkpoint_every",
+                file=f"{data.run_key}/{path.name}",
+            ) from None
         self.checkpoints.append(str(path))
         log.info("TapTune: checkpoint %s", path)
 

@@ -29,9 +29,10 @@ from typing import Any
 import torch
 
 from ..errors import AdapterFileError
-from ..file_format import AdapterFile
+from ..file_format import AdapterFile, check_adapter_file
 from ..foreign_files import read_text_file, read_weights_file, safetensors_metadata
 from ..json_values import bool_field, float_field, int_field, parse_json_object, str_field
+from ..kind import MAX_MODULES
 from .cayley import MAX_NEUMANN_TERMS, cayley, skew
 from .oft_config import MAX_BLOCKS, OFTConfig
 from .oft_set import OFTAdapterSet
@@ -45,6 +46,16 @@ _DOWN = re.compile(r"^down_blocks\.(\d{1,4})\.attentions\.(\d{1,4})\.(.+)$")
 _MID = re.compile(r"^mid_block\.attentions\.0\.(.+)$")
 _UP = re.compile(r"^up_blocks\.(\d{1,4})\.attentions\.(\d{1,4})\.(.+)$")
 _OFFICIAL_LAYERS = {"to_q_oft": "to_q", "to_k_oft": "to_k", "to_v_oft": "to_v", "to_out_oft": "to_out.0"}
+#: Most generator entries (blocks x k x k over all layers, i.e. input width x k) a PEFT import unpacks,
+#: checked from the tensor shapes before anything is unpacked. SD 1.x's attention layers add up to
+#: about 0.1M input channels (3M entries with PEFT's 32-wide blocks), SDXL's to about 0.7M (k up to
+#: about 190 fits); the converted file holds 4 bytes per entry.
+MAX_IMPORT_ELEMENTS = 2**27
+#: Largest multiply-add count spent on checking PEFT's Cayley-Neumann series exactly (about a second on
+#: one core); only reached when the cheap norm bound cannot show the series is close enough.
+MAX_CHECK_WORK = 2 * 10**9
+#: Tolerated entry difference between PEFT's truncated series and the exact rotation.
+NEUMANN_TOLERANCE = 1e-3
 
 
 def diffusers_to_comfy_path(path: str, layers_per_block: int = 2) -> str:
@@ -125,14 +136,22 @@ def detect_oft_format(state: Mapping[str, torch.Tensor]) -> str:
     raise AdapterFileError("no OFT tensors found (expected PEFT '.oft_R.weight' or official '_oft.R' keys)")
 
 
-def _unpack_upper(vector: torch.Tensor) -> torch.Tensor:
-    """Blocks ``U - U^T`` from PEFT's packed strict upper triangles, shape ``(blocks, k, k)``."""
+def _packed_size(vector: torch.Tensor) -> tuple[int, int]:
+    """``(blocks, k)`` of a packed PEFT tensor, from its shape alone (checked, nothing allocated)."""
     if vector.dim() != 2:
         raise AdapterFileError(f"a packed OFT tensor must be 2-D (blocks, k(k-1)/2), got {tuple(vector.shape)}")
-    n = vector.shape[-1]
+    blocks, n = int(vector.shape[0]), int(vector.shape[1])
     k = round((1 + math.sqrt(1 + 8 * n)) / 2)
     if k * (k - 1) // 2 != n or k > MAX_BLOCKS:
         raise AdapterFileError(f"a packed OFT block of {n} values is not a k(k-1)/2 triangle")
+    if blocks * k > MAX_BLOCKS:
+        raise AdapterFileError(f"{blocks} blocks of size {k} make a layer wider than {MAX_BLOCKS}")
+    return blocks, k
+
+
+def _unpack_upper(vector: torch.Tensor) -> torch.Tensor:
+    """Blocks ``U - U^T`` from PEFT's packed strict upper triangles, shape ``(blocks, k, k)``."""
+    _, k = _packed_size(vector)
     rows, cols = torch.triu_indices(k, k, 1)
     upper = torch.zeros(vector.shape[0], k, k, dtype=torch.float64)
     upper[:, rows, cols] = vector.double()
@@ -172,6 +191,38 @@ def peft_neumann_rotation(Q: torch.Tensor, terms: int, peft_version: str | None)
     return R
 
 
+def peft_neumann_error_bound(Q: torch.Tensor, terms: int) -> float:
+    """Upper bound on the largest entry of ``peft_neumann_rotation(Q, terms, v) - cayley(-Q)``, any ``v``.
+
+    The exact rotation is ``I + 2 (Q + Q^2 + ...)``; the truncated series drops ``2 Q^i`` for
+    ``i >= terms`` and (PEFT 0.18) halves the last kept term, so with ``q`` bounding ``||Q||_2``
+    (here the Frobenius norm, which costs no decomposition) the difference is at most
+    ``q^(terms-1) + 2 q^terms / (1 - q)``; infinite when ``q >= 1``.
+    """
+    q = float(torch.linalg.matrix_norm(Q).max())
+    if q >= 1.0:
+        return math.inf
+    return q ** max(terms - 1, 0) + 2.0 * q**terms / (1.0 - q)
+
+
+def _check_layer_count(keys: list[str]) -> None:
+    """Refuse more layers than a file may hold, before any is converted (each costs some work)."""
+    if len(keys) > MAX_MODULES:
+        raise AdapterFileError(f"{len(keys)} OFT layers; a file holds at most {MAX_MODULES}")
+
+
+def _check_work(state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a PEFT file whose generators would unpack into more than :data:`MAX_IMPORT_ELEMENTS` entries."""
+    _check_layer_count([k for k in state if k.endswith(".oft_R.weight")])
+    total = 0
+    for key, value in state.items():
+        if key.endswith(".oft_R.weight"):
+            blocks, k = _packed_size(value)
+            total += blocks * k * k
+    if total > MAX_IMPORT_ELEMENTS:
+        raise AdapterFileError(f"the PEFT generators hold more than {MAX_IMPORT_ELEMENTS:,} entries once unpacked")
+
+
 def oft_file_from_peft(
     state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None, layers_per_block: int = 2
 ) -> AdapterFile:
@@ -187,23 +238,38 @@ def oft_file_from_peft(
     terms = int_field(config, "num_cayley_neumann_terms", where, default=5, minimum=1, maximum=MAX_NEUMANN_TERMS)
     shared = bool_field(config, "block_share", where, default=False)
     peft_version = str_field(config, "peft_version", where, default="", max_length=64) or None
+    _check_work(state)
     tensors: dict[str, torch.Tensor] = {}
     by_block_size: dict[int, list[str]] = {}
-    worst = 0.0
+    worst, work = 0.0, 0
     for key, value in state.items():
         if not key.endswith(".oft_R.weight"):
             continue
         layer = diffusers_to_comfy_path(key[: -len(".oft_R.weight")], layers_per_block)
         Q = _unpack_upper(value)
+        if not bool(torch.isfinite(Q).all()):
+            raise AdapterFileError(f"{key[:200]} holds NaN or infinite values")
         S = -Q if neumann else Q
         if neumann:
-            approx = peft_neumann_rotation(Q, terms, peft_version)
-            worst = max(worst, float((approx - cayley(S)).abs().max()))
+            bound = peft_neumann_error_bound(Q, terms)
+            if bound > NEUMANN_TOLERANCE:
+                # The cheap bound is not enough: compare exactly, within a stated amount of work
+                # (a series this far from converging is refused either way, so a hostile file stops here).
+                blocks, k = Q.shape[0], Q.shape[-1]
+                work += blocks * (k**3 * (terms + 2) + 20_000)  # products, solves, per-block overhead
+                if work > MAX_CHECK_WORK:
+                    raise AdapterFileError(
+                        f"PEFT's Cayley-Neumann series ({terms} terms) is not shown close to the exact rotation for "
+                        f"{key[:200]} (generator norm too large); it cannot be represented as an exact rotation"
+                    )
+                approx = peft_neumann_rotation(Q, terms, peft_version)
+                bound = float((approx - cayley(S)).abs().max())
+            worst = max(worst, bound)
         tensors[f"{layer}.oft.S"] = (S[0] if shared else S).to(torch.float32)
         by_block_size.setdefault(Q.shape[-1], []).append(layer)
     if not tensors:
         raise AdapterFileError("no '.oft_R.weight' tensors in the PEFT file")
-    if worst > 1e-3:
+    if not worst <= NEUMANN_TOLERANCE:
         raise AdapterFileError(
             f"PEFT's Cayley-Neumann series ({terms} terms) is far from orthogonal for this adapter (max entry error "
             f"{worst:.2g}); it cannot be represented as an exact rotation"
@@ -218,7 +284,7 @@ def oft_file_from_peft(
     ]
     notes = "imported from Hugging Face PEFT OFT"
     if neumann:
-        notes += f" (Cayley-Neumann, {terms} terms; max entry difference to the exact rotation {worst:.2g})"
+        notes += f" (Cayley-Neumann, {terms} terms; max entry difference to the exact rotation at most {worst:.2g})"
     return AdapterFile("oft", groups, tensors, None, {"notes": notes})
 
 
@@ -229,6 +295,7 @@ def oft_file_from_official(
     eps: float = PAPER_SETTING.eps,
 ) -> AdapterFile:
     """A ``kind: "oft"`` file from the official OFT DreamBooth output (``...processor.to_q_oft.R``)."""
+    _check_layer_count([k for k in state if k.endswith("_oft.R")])
     tensors: dict[str, torch.Tensor] = {}
     groups: dict[tuple[int | None, int | None], list[str]] = {}
     for key, value in state.items():
@@ -278,6 +345,7 @@ def import_oft(source: str | os.PathLike[str], layers_per_block: int = 2) -> Ada
             adapter_file = oft_file_from_peft(state, config, layers_per_block)
         else:
             adapter_file = oft_file_from_official(state, layers_per_block)
+        check_adapter_file(adapter_file)
         OFTAdapterSet.from_file(adapter_file, _BlockWidths(adapter_file.tensors))
     except AdapterFileError as exc:
         raise exc.concerning(file=name) from None

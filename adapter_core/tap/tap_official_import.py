@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..errors import AdapterFileError
-from ..file_format import AdapterFile
+from ..errors import AdapterFileError, ConfigError
+from ..file_format import AdapterFile, check_adapter_file
 from ..foreign_files import read_text_file, read_weights_file
 from .tap_config import TapConfig
 from .tap_set import TapAdapterSet
@@ -37,10 +37,17 @@ _RESBLOCK_SUFFIX = ".adapter.pt"
 _PATH_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 _TRANSFORMER_KEYS = {"adp.0": "tap.down", "adp.2": "tap.up"}
 _RESBLOCK_KEYS = {"0": "tap.norm", "2": "tap.down", "4": "tap.up"}
-#: An official folder holds one file per adapted block (SD 1.5: 16 transformer + 22 ResBlocks).
-MAX_ADAPTER_FILES = 4096
+#: An official folder holds one file per adapted block (SD 1.5: 16 transformer + 22 ResBlocks);
+#: each costs a torch.load (about a millisecond), so this also bounds the time an import takes.
+MAX_ADAPTER_FILES = 512
+#: Most entries of the folder looked at (its other files are skipped, but each is listed).
+MAX_FOLDER_ENTRIES = 20_000
 #: Nodes of a YAML document walked while looking for the adapter configuration.
 MAX_YAML_NODES = 100_000
+#: Largest official YAML read. The official configs are a few KiB; PyYAML's safe loader (pure
+#: Python: a C loader would recurse in C on deep nesting) parses about 100 KiB a second, so this
+#: keeps a hostile config well under a second.
+MAX_YAML_BYTES = 32 * 2**10
 
 
 def _find_adapter_config(tree: Any) -> Mapping[str, Any] | None:
@@ -85,7 +92,7 @@ def read_official_config(yaml_path: str | os.PathLike[str]) -> tuple[TapConfig |
     As in the official code, only the last entry of ``transformer_adp_config`` takes effect.
     """
     name = Path(yaml_path).name
-    text = read_text_file(yaml_path)
+    text = read_text_file(yaml_path, MAX_YAML_BYTES)
     try:
         tree = yaml.safe_load(text)
     except (yaml.YAMLError, RecursionError) as exc:
@@ -135,13 +142,27 @@ def _find_yaml(directory: Path) -> Path:
 def official_tap_file(
     directory: str | os.PathLike[str], config_path: str | os.PathLike[str] | None = None
 ) -> AdapterFile:
-    """The ``taptune/1`` content of an official adapter folder (not yet checked: see :func:`import_official_tap_dir`)."""
-    folder = Path(directory)
+    """The ``taptune/1`` content of an official adapter folder (not yet checked: see :func:`import_official_tap_dir`).
+
+    Errors name the file at fault, or the folder where no one file is.
+    """
+    try:
+        return _official_tap_file(Path(directory), config_path)
+    except AdapterFileError as exc:
+        raise exc.concerning(file=Path(directory).name) from None
+
+
+def _official_tap_file(folder: Path, config_path: str | os.PathLike[str] | None) -> AdapterFile:
     if not folder.is_dir():
         raise AdapterFileError("is not a folder", file=folder.name)
     transformer_config, resblock_config = read_official_config(config_path or _find_yaml(folder))
     found: dict[str, tuple[str, Path]] = {}
-    for file in sorted(folder.iterdir()):
+    entries = []
+    for entry in folder.iterdir():
+        entries.append(entry)
+        if len(entries) > MAX_FOLDER_ENTRIES:
+            raise AdapterFileError(f"holds more than {MAX_FOLDER_ENTRIES} entries; not an official adapter folder")
+    for file in sorted(entries):
         name = file.name
         if name.endswith(_TRANSFORMER_DUPLICATE_SUFFIX):
             continue  # the same tensors as <path>.adapter_inout.pt, saved a second time
@@ -176,4 +197,11 @@ def import_official_tap_dir(
     directory: str | os.PathLike[str], config_path: str | os.PathLike[str] | None = None
 ) -> TapAdapterSet:
     """Read an official adapter folder (plus its YAML) into a :class:`TapAdapterSet`, checked as the loader checks."""
-    return TapAdapterSet.from_file(official_tap_file(directory, config_path))
+    adapter_file = official_tap_file(directory, config_path)
+    try:
+        check_adapter_file(adapter_file)
+        return TapAdapterSet.from_file(adapter_file)
+    except AdapterFileError as exc:
+        raise exc.concerning(file=Path(directory).name) from None
+    except ConfigError as exc:  # a setting read from the folder: the folder is at fault, not an input
+        raise AdapterFileError(exc.message, file=Path(directory).name) from None

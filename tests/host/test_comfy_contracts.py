@@ -192,4 +192,4 @@ def test_oft_training_gives_back_every_weight_it_casts():
     assert casts, "OFT training should cast the rotated layers' weights through ComfyUI"
     assert len(releases) == len(casts)
     assert all(r is c for r, c in zip(releases, casts, strict=True))
-    assert host_ops._OFFLOADABLE_CAST == hasattr(comfy.ops, "uncast_bias_weight")
+    assert hasattr(comfy.ops, "uncast_bias_weight") == host_ops._OFFLOADABLE_CAST

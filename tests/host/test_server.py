@@ -3,112 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from devtools.comfy_host import COMFY_DIR, ROOT
 from devtools.workflows import EXAMPLES, ui_to_api
 from taptune.adapter_core import TapAdapterSet, TapConfig, save_adapter_file
 from taptune.patching.model_access import model_architecture, model_sites
 
+from .live_server import call, post_prompt, running_server, server_base, wait_for
 from .refusals import assert_pack_refusal, validation_refusal
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(port: int, path: str, payload: dict | None = None, timeout: float = 10.0):
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def post_prompt(port: int, prompt: dict) -> dict:
-    """POST /prompt; ComfyUI's answer, also when it refuses the whole prompt (HTTP 400)."""
-    try:
-        return call(port, "/prompt", {"prompt": prompt})
-    except urllib.error.HTTPError as refused:
-        return json.loads(refused.read())
-
-
-def wait_for(port: int, prompt_id: str, limit: float = 180.0) -> dict:
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        history = call(port, f"/history/{prompt_id}")
-        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-            return history[prompt_id]
-        time.sleep(0.5)
-    raise AssertionError(f"prompt {prompt_id} did not finish in {limit} s")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, sd15, sd15_checkpoint_name, base_dir):
-    base = tmp_path_factory.mktemp("server-base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "ComfyUI-TapTune").symlink_to(ROOT, target_is_directory=True)
-    checkpoints = base / "models" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    (checkpoints / sd15_checkpoint_name).symlink_to(
-        (base_dir / "models" / "checkpoints" / sd15_checkpoint_name).resolve()
+    base = server_base(
+        tmp_path_factory.mktemp("server-base"), base_dir / "models" / "checkpoints" / sd15_checkpoint_name
     )
-    adapters = base / "models" / "adapters"
-    adapters.mkdir(parents=True)
     model = sd15[0]
     tap_set = TapAdapterSet.create(model_sites(model), TapConfig("attn2o", "ffni"), init="paper", seed=1)
-    save_adapter_file(adapters / "taptune-demo-tap.safetensors", tap_set.to_file(base=model_architecture(model)))
-    port = free_port()
-    log = open(base / "server.log", "w")  # noqa: SIM115 - stays open for the server's lifetime
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(COMFY_DIR / "main.py"),
-            "--cpu",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--base-directory",
-            str(base),
-            "--database-url",
-            f"sqlite:///{base / 'comfyui.db'}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    save_adapter_file(
+        base / "models" / "adapters" / "taptune-demo-tap.safetensors", tap_set.to_file(base=model_architecture(model))
     )
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                call(port, "/system_stats", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    raise AssertionError(
-                        "server did not start:\n" + (base / "server.log").read_text()[-3000:]
-                    ) from None
-                time.sleep(1)
+    with running_server(base) as (port, _process):
         yield port, base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def test_loader_registers_every_node_with_descriptions_and_tooltips(server):

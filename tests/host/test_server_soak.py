@@ -1,0 +1,193 @@
+"""A server soak: 100 prompts in a row against one real ComfyUI server with the pack.
+
+Load, stack, train (few steps), cancel, sample and bad inputs (a corrupt adapter file, a path
+outside ComfyUI's folders, NaN numbers) take turns. Every good prompt must succeed, every bad one
+must fail with the pack's own message naming node and input, a cancelled run must end as
+ComfyUI's interruption, the server must answer between all of them, and its resident memory
+after the last prompt must stay within :data:`MEMORY_MARGIN` of the most it held during the first ten.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from devtools.demo_files import DEMO_IMAGES, DEMO_OFT, DEMO_TAP, write_demo_adapters, write_demo_images
+from devtools.workflows import example_prompts
+from taptune.patching.model_access import model_architecture
+
+from .live_server import call, post_prompt, resident_bytes, running_server, server_base, wait_for
+from .refusals import assert_pack_refusal
+
+PROMPTS = 100
+#: Growth of the server's resident memory allowed between the 10th and the 100th prompt. The
+#: first ten load the checkpoint, the samplers and a training run once; what stays after that
+#: must be bounded (the allocator keeps some freed pages, so the bound is not zero).
+MEMORY_MARGIN = 300 * 2**20
+CORRUPT = "corrupt.safetensors"
+
+
+def sample_graph(checkpoint: str, adapters: list[tuple[str, float]], seed: int) -> dict:
+    """Checkpoint -> adapters -> KSampler (2 steps, 64x64) -> SaveImage."""
+    text = {"clip": ["1", 1]}
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a dog", **text}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", **text}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+    model = ["1", 0]
+    for i, (name, strength) in enumerate(adapters):
+        node = str(10 + i)
+        graph[node] = {
+            "class_type": "TapTuneLoadAdapter",
+            "inputs": {"model": model, "adapter_name": name, "strength": strength},
+        }
+        model = [node, 0]
+    graph["5"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": model,
+            "seed": seed,
+            "steps": 2,
+            "cfg": 1.0,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "positive": ["2", 0],
+            "negative": ["3", 0],
+            "latent_image": ["4", 0],
+            "denoise": 1.0,
+        },
+    }
+    graph["6"] = {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}}
+    graph["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "soak/sample"}}
+    return graph
+
+
+def train_graph(checkpoint: str, steps: int, seed: int) -> dict:
+    """The example DreamBooth tap workflow, CPU-sized."""
+    prompt = json.loads(json.dumps(example_prompts(checkpoint)["train_dreambooth_tap"]))
+    smaller = {
+        "EmptyLatentImage": {"width": 64, "height": 64},
+        "KSampler": {"steps": 2},
+        "TapTuneClassImages": {"count": 2, "steps": 1, "width": 64, "height": 64},
+        "TapTuneDreamBoothTrain": {
+            "steps": steps,
+            "seed": seed,
+            "resolution": 64,
+            "checkpoint_every": 0,
+            "validation_every": 0,
+        },
+    }
+    for node in prompt.values():
+        node["inputs"].update(smaller.get(node["class_type"], {}))
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def soak_server(tmp_path_factory, sd15, sd15_checkpoint_name, base_dir):
+    base = server_base(tmp_path_factory.mktemp("soak-base"), base_dir / "models" / "checkpoints" / sd15_checkpoint_name)
+    model = sd15[0]
+    adapters = base / "models" / "adapters"
+    write_demo_adapters(adapters, model.model.diffusion_model, model_architecture(model))
+    (adapters / CORRUPT).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + bytes(range(256)) * 4)
+    write_demo_images(base / "input" / DEMO_IMAGES, size=64)
+    with running_server(base) as (port, process):
+        yield port, process
+
+
+def _error(history: dict) -> dict | None:
+    return next((m[1] for m in history["status"]["messages"] if m[0] == "execution_error"), None)
+
+
+CANCELLED_STEPS = 500
+
+
+def _was_cancelled(history: dict) -> bool:
+    """Cancel either stopped the prompt (ComfyUI's interruption, outside the training loop) or
+    ended the training loop early, after which the rest of the graph saved the adapter of the
+    last completed step (the pack's documented Cancel; ComfyUI clears the interrupt flag once
+    the loop has seen it)."""
+    events = [m[0] for m in history["status"]["messages"]]
+    if history["status"]["status_str"] == "error":
+        return "execution_interrupted" in events
+    texts = [t for out in history["outputs"].values() for t in out.get("text", [])]
+    steps = [int(m.group(1)) for t in texts if (m := re.search(r", (\d+) steps,", t))]
+    return len(steps) == 1 and steps[0] < CANCELLED_STEPS
+
+
+def _cancel(port: int, prompt: dict) -> dict:
+    """Queue a long training run, interrupt it once it runs, and return its history."""
+    prompt_id = post_prompt(port, prompt)["prompt_id"]
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        running = call(port, "/queue")["queue_running"]
+        if any(item[1] == prompt_id for item in running):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the loop, past the class images
+    call(port, "/interrupt", {})
+    return wait_for(port, prompt_id)
+
+
+@pytest.mark.slow
+def test_a_hundred_mixed_prompts_keep_the_server_serving(soak_server, sd15_checkpoint_name):
+    port, process = soak_server
+    ckpt = sd15_checkpoint_name
+    kinds = ["sample", "load", "bad_file", "stack", "bad_path", "train", "bad_number", "load", "cancel", "sample"]
+    outcomes: dict[str, int] = {}
+    memory_after_tenth = None
+    for n in range(PROMPTS):
+        kind = kinds[n % len(kinds)]
+        if kind == "sample":
+            history = wait_for(port, post_prompt(port, sample_graph(ckpt, [], n))["prompt_id"])
+            assert history["status"]["status_str"] == "success", (n, kind, history["status"])
+        elif kind == "load":
+            history = wait_for(port, post_prompt(port, sample_graph(ckpt, [(DEMO_TAP, 0.8)], n))["prompt_id"])
+            assert history["status"]["status_str"] == "success", (n, kind, history["status"])
+        elif kind == "stack":
+            graph = sample_graph(ckpt, [(DEMO_TAP, 1.0), (DEMO_OFT, 0.5)], n)
+            history = wait_for(port, post_prompt(port, graph)["prompt_id"])
+            assert history["status"]["status_str"] == "success", (n, kind, history["status"])
+        elif kind == "train":
+            history = wait_for(port, post_prompt(port, train_graph(ckpt, 2, n))["prompt_id"])
+            assert history["status"]["status_str"] == "success", (n, kind, history["status"])
+            saved = [f for out in history["outputs"].values() for f in out.get("images", [])]
+            assert saved, "a finished training run shows its samples"
+        elif kind == "cancel":
+            history = _cancel(port, train_graph(ckpt, CANCELLED_STEPS, n))
+            assert _was_cancelled(history), (n, kind, history["status"], history.get("outputs"))
+        elif kind == "bad_file":
+            history = wait_for(port, post_prompt(port, sample_graph(ckpt, [(CORRUPT, 1.0)], n))["prompt_id"])
+            assert history["status"]["status_str"] == "error"
+            assert_pack_refusal(_error(history), "TapTuneLoadAdapter", "adapter_name", CORRUPT)
+        elif kind == "bad_path":
+            graph = {
+                "1": {
+                    "class_type": "TapTuneImportOfficialAdapters",
+                    "inputs": {"directory": "/etc", "config": "", "filename_prefix": "soak/imported"},
+                }
+            }
+            history = wait_for(port, post_prompt(port, graph)["prompt_id"])
+            assert history["status"]["status_str"] == "error"
+            assert_pack_refusal(_error(history), "TapTuneImportOfficialAdapters", "directory", "must name an existing")
+        elif kind == "bad_number":
+            history = wait_for(port, post_prompt(port, sample_graph(ckpt, [(DEMO_TAP, float("nan"))], n))["prompt_id"])
+            assert history["status"]["status_str"] == "error"
+            assert_pack_refusal(_error(history), "TapTuneLoadAdapter", "strength", "finite number")
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+        assert call(port, "/system_stats")["system"], "the server answers between prompts"
+        assert process.poll() is None
+        memory = resident_bytes(process.pid)
+        print(f"prompt {n + 1:3d} {kind:10s} resident {memory / 2**20:7.0f} MiB")  # shown with -s
+        if n < 10:
+            # The highest of the first ten: under memory pressure ComfyUI may unload the model
+            # between prompts, so a single reading can be low by the model's size.
+            memory_after_tenth = max(memory_after_tenth or 0, memory)
+    assert sum(outcomes.values()) == PROMPTS
+    assert memory_after_tenth is not None
+    growth = resident_bytes(process.pid) - memory_after_tenth
+    assert growth < MEMORY_MARGIN, f"resident memory grew {growth / 2**20:.0f} MiB over 90 prompts"

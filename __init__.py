@@ -16,3 +16,7 @@ async def comfy_entrypoint() -> Any:
 
     register_model_folder()
     return TapTuneExtension()
+
+
+#: The front end serves ``web/docs/<NodeID>/en.md`` as each node's help page.
+WEB_DIRECTORY = "./web"

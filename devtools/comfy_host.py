@@ -214,6 +214,15 @@ class Host:
             cache_args={"lru": 0, "ram": 0, "ram_inactive": 0},
         )
 
+    def validate(self, prompt: dict[str, Any]) -> tuple[bool, Any, dict[str, Any]]:
+        """ComfyUI's validation of an API prompt without running it: ``(valid, error, node_errors)``."""
+
+        async def check() -> tuple[bool, Any, dict[str, Any]]:
+            valid, error, _outputs, node_errors = await self._execution.validate_prompt(str(uuid.uuid4()), prompt, None)
+            return valid, error, node_errors
+
+        return asyncio.run(check())
+
     def run(self, prompt: dict[str, Any]) -> PromptResult:
         """Validate and execute an API-format prompt; never raises for node errors."""
         return asyncio.run(self._run(str(uuid.uuid4()), prompt))

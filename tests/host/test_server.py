@@ -76,3 +76,15 @@ def test_example_workflow_runs_over_http_and_errors_do_not_stop_the_server(serve
     assert done["status"]["status_str"] == "success"
     images = [img for out in done["outputs"].values() for img in out.get("images", [])]
     assert images and images[0]["filename"].startswith("tap")
+
+
+def test_the_server_serves_every_nodes_help_page(server):
+    import urllib.request
+
+    from devtools.node_docs import expected_pages
+
+    port, _ = server
+    for path, text in expected_pages().items():
+        url = f"http://127.0.0.1:{port}/extensions/ComfyUI-TapTune/docs/{path.parent.name}/en.md"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.read().decode() == text

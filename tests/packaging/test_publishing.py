@@ -86,3 +86,26 @@ def test_no_published_file_holds_what_the_scanner_flags():
 )
 def test_the_patterns_catch_what_they_are_for(text, rule):
     assert FLAGGED[rule].search(text)
+
+
+def test_pyproject_has_what_the_registry_asks_for():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project, comfy = config["project"], config["tool"]["comfy"]
+    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project["name"])
+    assert "comfyui" not in project["name"].lower()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert (ROOT / project["license"]["file"]).is_file()
+    assert project["urls"]["Repository"].startswith("https://github.com/")
+    assert any(c.startswith("License ::") for c in project["classifiers"])
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    assert isinstance(comfy["includes"], list)
+    assert comfy["requires-comfyui"].startswith(">=0.3.75") and "<" not in comfy["requires-comfyui"]
+    # The icon ships with the pack and is square.
+    from PIL import Image
+
+    assert comfy["Icon"].startswith(project["urls"]["Repository"] + "/")
+    icon_file = re.search(r"/blob/main/([^?]+)", comfy["Icon"]).group(1)
+    icon = ROOT / icon_file
+    assert icon_file in published_files()
+    with Image.open(icon) as picture:
+        assert picture.size[0] == picture.size[1] >= 128

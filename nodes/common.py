@@ -40,6 +40,10 @@ class NodeInputError(TapTuneError):
         super().__init__(f"{node}: input '{input_name}': {detail}", input_name=input_name, file=file)
         self.node = node
 
+    def __str__(self) -> str:
+        # The message already names the file after the node and input; never prefix it again.
+        return self.message
+
 
 @contextlib.contextmanager
 def node_errors(node: str, default_input: str) -> Iterator[None]:

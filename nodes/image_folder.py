@@ -40,9 +40,14 @@ def _read_image(file: Path) -> torch.Tensor:
     try:
         with Image.open(file) as opened:
             if opened.width * opened.height > MAX_PIXELS:
-                raise NodeInputError(NODE, "folder", f"{file.name} is larger than {MAX_PIXELS} pixels")
+                raise NodeInputError(NODE, "folder", f"is larger than {MAX_PIXELS} pixels", file.name)
             rgb = ImageOps.exif_transpose(opened).convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError):
+    except NodeInputError:
+        raise
+    except Image.DecompressionBombError:
+        # Pillow refuses pictures far over its own limit before the header size reaches our check.
+        raise NodeInputError(NODE, "folder", f"is larger than {MAX_PIXELS} pixels", file.name) from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         raise NodeInputError(NODE, "folder", "is not a readable image (truncated or corrupt?)", file.name) from None
     return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
 

@@ -264,3 +264,82 @@ def test_the_class_image_cache_checks_what_it_reads_and_deletes_nothing_it_did_n
         assert path.read_bytes() == data
     names = {p.name for p in folder.iterdir()}
     assert {"my_notes.txt", "my_dog.png", image_name(0), image_name(1), image_name(2)} <= names
+
+
+# -- 6 (continued). the image folder ------------------------------------------------------------------
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    # A few kilobytes that announce a picture of width x height (the pixel data never comes).
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "case,file,expected",
+    [
+        ("truncated image", "b.png", "is not a readable image"),
+        ("not an image", "b.jpg", "is not a readable image"),
+        ("huge declared size", "b.png", "is larger than"),
+        ("bomb-sized declared size", "b.png", "is larger than"),
+        ("caption not UTF-8", "a.txt", "is not UTF-8 text"),
+        ("caption is a folder", "a.txt", "must be a text file"),
+        ("caption too large", "a.txt", "must be a text file"),
+    ],
+)
+def test_a_damaged_image_folder_is_the_nodes_clear_error_naming_the_file(case, file, expected):
+    import shutil
+
+    folder = Path(folder_paths.get_input_directory()) / "damaged_folder"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(folder / "a.png")
+    (folder / "a.txt").write_text("a photo of sks dog")
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(folder / "b.png")
+    (folder / "b.txt").write_text("a photo of sks dog")
+    if case == "truncated image":
+        (folder / "b.png").write_bytes((folder / "b.png").read_bytes()[:60])
+    elif case == "not an image":
+        (folder / "b.jpg").write_bytes(b"GIF89a but not really" * 10)
+    elif case == "huge declared size":
+        (folder / "b.png").write_bytes(_png_header_claiming(9_000, 9_000))
+    elif case == "bomb-sized declared size":
+        (folder / "b.png").write_bytes(_png_header_claiming(200_000, 200_000))
+    elif case == "caption not UTF-8":
+        (folder / "a.txt").write_bytes(b"\xff\xfe\xfa sks")
+    elif case == "caption is a folder":
+        (folder / "a.txt").unlink()
+        (folder / "a.txt").mkdir()
+    elif case == "caption too large":
+        (folder / "a.txt").write_text("word " * 20_000)
+    with pytest.raises(TapTuneError) as caught:
+        TapTuneLoadImageFolder.execute(folder="damaged_folder")
+    message = str(caught.value)
+    assert caught.value.input_name == "folder"
+    assert message.startswith("TapTuneLoadImageFolder: input 'folder'"), message
+    assert file in message and expected in message, message
+    assert message.count(file) == 1, message
+
+
+# -- 4 (continued). racing writers ------------------------------------------------------------------
+
+
+def test_writers_racing_for_one_prefix_never_replace_each_others_files(tmp_path: Path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def save(i: int) -> Path:
+        return write_new_output("TapTuneSaveAdapter", "race", _write(f"writer {i}"), folder=tmp_path)[0]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        written = list(pool.map(save, range(40)))
+    assert len(set(written)) == 40
+    assert sorted(p.read_text() for p in written) == sorted(f"writer {i}" for i in range(40))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)  # no temporaries

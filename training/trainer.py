@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from .optimisation import (
 )
 from .prompts import prompts_for_images, trigger_and_class_words
 from .run_data import RunData, check_data, prepare_run_data
+from .run_result import TrainResult, frozen_except
 from .run_state import RunState
 from .schedule import LearningRateSchedule
 from .settings import TrainSettings, check_settings, resolve_precision
@@ -56,41 +56,6 @@ log = logging.getLogger("taptune.training")
 
 #: (step, total steps, loss of the step, preview image or None)
 Reporter = Callable[[int, int, float, Image.Image | None], None]
-
-
-@dataclass
-class TrainResult:
-    """What a run hands back: a frozen copy of the adapters and the story of the run."""
-
-    adapter_set: Any
-    losses: list[float]
-    steps_done: int
-    cancelled: bool
-    trigger_word: str
-    class_word: str
-    spec: dict[str, Any]
-    checkpoints: list[str] = field(default_factory=list)
-    learning_rate: float = 0.0
-
-    @property
-    def final_loss(self) -> float | None:
-        return self.losses[-1] if self.losses else None
-
-
-@contextlib.contextmanager
-def frozen_except(module: torch.nn.Module, trainable: list[torch.nn.Parameter]) -> Iterator[None]:
-    """Only ``trainable`` gets gradients; every other flag is restored afterwards."""
-    keep = {id(p) for p in trainable}
-    flags = [(p, p.requires_grad) for p in module.parameters() if id(p) not in keep]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        for p in trainable:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 class DreamBoothTrainer:

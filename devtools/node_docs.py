@@ -15,11 +15,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "web" / "docs"
-#: Combo inputs whose choices are files on the user's disk, not a fixed list.
+#: Combo inputs whose choices are not the pack's: files on the user's disk, or the running
+#: ComfyUI's own lists (which grow with every release), so the pages stay the same on any host.
 FILE_CHOICES = {
     "adapter_name": "an adapter file in `models/adapters/`",
     "resume_from": "`none` or a checkpoint in `output/taptune/checkpoints/`",
     "folder": "a subfolder of ComfyUI's `input/` folder",
+    "sampler_name": "ComfyUI's samplers (as in KSampler)",
+    "scheduler": "ComfyUI's schedulers (as in KSampler)",
 }
 
 

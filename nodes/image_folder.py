@@ -11,6 +11,7 @@ import torch
 from comfy_api.v0_0_2 import io
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..adapter_core.errors import TapTuneError
 from ..training.images import RESIZE_MODES, prepare_images
 from .common import CATEGORY_TRAIN, NodeInputError, bounded_integer, choice, node_errors
 from .user_paths import resolve_user_path
@@ -131,9 +132,11 @@ class TapTuneLoadImageFolder(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, folder: str = "", **kwargs: object) -> object:
         try:
-            path = Path(folder_paths.get_input_directory()) / str(folder)
-            if not path.is_dir():
-                return str(folder)
+            # The folder execute() would read, by the same rule; anything else is keyed by its text.
+            path = resolve_user_path(NODE, "folder", folder, "dir", input_folder_only=True)
+        except TapTuneError:
+            return str(folder)
+        try:
             return [(p.name, p.stat().st_mtime) for p in sorted(path.iterdir())], sorted(map(str, kwargs.items()))
         except OSError:
             return float("nan")  # never equal: the node runs again and reports what it finds

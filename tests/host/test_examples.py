@@ -8,6 +8,8 @@ import pytest
 
 from devtools.workflows import DEMO_CHECKPOINT, EXAMPLES, api_to_ui, example_prompts, ui_to_api
 
+from .cpu_sized import cpu_sized
+
 WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
 
 
@@ -40,23 +42,10 @@ def test_example_runs(path, host, sd15, sd15_checkpoint_name, adapters_dir, demo
     prompt = ui_to_api(json.loads(path.read_text()))
     assert prompt == example_prompts()[path.stem]  # the UI form round-trips to the same prompt
     # The same graph, only smaller: CPU-sized images and a few steps.
-    smaller = {
-        "EmptyLatentImage": {"width": 64, "height": 64},
-        "KSampler": {"steps": 2},
-        "TapTuneClassImages": {"count": 2, "steps": 1, "width": 64, "height": 64},
-        "TapTuneDreamBoothTrain": {
-            "steps": 2,
-            "resolution": 64,
-            "checkpoint_every": 1,
-            "validation_every": 1,
-            "validation_steps": 1,
-        },
-    }
+    prompt = cpu_sized(prompt)
     for node in prompt.values():
-        inputs = node["inputs"]
-        if inputs.get("ckpt_name") == DEMO_CHECKPOINT:
-            inputs["ckpt_name"] = sd15_checkpoint_name
-        inputs.update(smaller.get(node["class_type"], {}))
+        if node["inputs"].get("ckpt_name") == DEMO_CHECKPOINT:
+            node["inputs"]["ckpt_name"] = sd15_checkpoint_name
     result = host.run(prompt)
     assert result.success, result.error() or result.validation_error
     assert any(out.get("images") for out in result.ui["outputs"].values())

@@ -17,6 +17,7 @@ import torch
 import nodes
 from devtools.demo_files import DEMO_IMAGES, DEMO_OFT, DEMO_TAP
 from devtools.foreign_files import official_oft_dreambooth_state
+from devtools.workflows import ksampler
 
 from .test_official_import import write_official_folder
 
@@ -103,21 +104,9 @@ def _consumers(node_id: str, outputs: list[str]) -> dict[str, dict]:
         elif kind == "MODEL":
             graph["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog", "clip": ["ckpt", 1]}}
             graph["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
-            graph["sample"] = {
-                "class_type": "KSampler",
-                "inputs": {
-                    "model": [node_id, index],
-                    "seed": 0,
-                    "steps": 1,
-                    "cfg": 1.0,
-                    "sampler_name": "euler",
-                    "scheduler": "normal",
-                    "positive": ["pos", 0],
-                    "negative": ["pos", 0],
-                    "latent_image": ["latent", 0],
-                    "denoise": 1.0,
-                },
-            }
+            graph["sample"] = ksampler(
+                [node_id, index], ["pos", 0], ["pos", 0], ["latent", 0], seed=0, steps=1, cfg=1.0
+            )
             graph["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}}
             graph[f"preview{index}"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
         elif kind == "TAPTUNE_SPEC":

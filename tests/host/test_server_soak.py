@@ -9,16 +9,16 @@ after the last prompt must stay within :data:`MEMORY_MARGIN` of the most it held
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
 import pytest
 
 from devtools.demo_files import DEMO_IMAGES, DEMO_OFT, DEMO_TAP, write_demo_adapters, write_demo_images
-from devtools.workflows import example_prompts
+from devtools.workflows import example_prompts, ksampler
 from taptune.patching.model_access import model_architecture
 
+from .cpu_sized import cpu_sized
 from .live_server import call, post_prompt, resident_bytes, running_server, server_base, wait_for
 from .refusals import assert_pack_refusal
 
@@ -47,21 +47,7 @@ def sample_graph(checkpoint: str, adapters: list[tuple[str, float]], seed: int) 
             "inputs": {"model": model, "adapter_name": name, "strength": strength},
         }
         model = [node, 0]
-    graph["5"] = {
-        "class_type": "KSampler",
-        "inputs": {
-            "model": model,
-            "seed": seed,
-            "steps": 2,
-            "cfg": 1.0,
-            "sampler_name": "euler",
-            "scheduler": "normal",
-            "positive": ["2", 0],
-            "negative": ["3", 0],
-            "latent_image": ["4", 0],
-            "denoise": 1.0,
-        },
-    }
+    graph["5"] = ksampler(model, ["2", 0], ["3", 0], ["4", 0], seed=seed, steps=2, cfg=1.0)
     graph["6"] = {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}}
     graph["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "soak/sample"}}
     return graph
@@ -69,22 +55,8 @@ def sample_graph(checkpoint: str, adapters: list[tuple[str, float]], seed: int) 
 
 def train_graph(checkpoint: str, steps: int, seed: int) -> dict:
     """The example DreamBooth tap workflow, CPU-sized."""
-    prompt = json.loads(json.dumps(example_prompts(checkpoint)["train_dreambooth_tap"]))
-    smaller = {
-        "EmptyLatentImage": {"width": 64, "height": 64},
-        "KSampler": {"steps": 2},
-        "TapTuneClassImages": {"count": 2, "steps": 1, "width": 64, "height": 64},
-        "TapTuneDreamBoothTrain": {
-            "steps": steps,
-            "seed": seed,
-            "resolution": 64,
-            "checkpoint_every": 0,
-            "validation_every": 0,
-        },
-    }
-    for node in prompt.values():
-        node["inputs"].update(smaller.get(node["class_type"], {}))
-    return prompt
+    prompt = example_prompts(checkpoint)["train_dreambooth_tap"]
+    return cpu_sized(prompt, steps=steps, seed=seed, checkpoint_every=0, validation_every=0)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from devtools.comfy_host import COMFY_DIR, ROOT, import_pack, prepare_comfy
-from devtools.workflows import DEMO_CHECKPOINT, EXAMPLES
+from devtools.workflows import CPU, DEMO_CHECKPOINT, EXAMPLES, write_workflows
 
 DEMO = ROOT / ".demo"
 PACK_FOLDER = "ComfyUI-TapTune"
@@ -44,29 +44,30 @@ def demo_checkpoint(base: Path) -> Path:
 
 
 def demo_inputs(base: Path) -> None:
-    """Random demo adapters for the demo checkpoint and a captioned image folder for training."""
+    """Random demo adapters and LoRA for the demo checkpoint, and a captioned image folder for training."""
     from devtools.checkpoints import SD15_SMALL, build_unet
-    from devtools.demo_files import DEMO_IMAGES, DEMO_TAP, write_demo_adapters, write_demo_images
+    from devtools.demo_files import DEMO_LORA, write_demo_files
 
     import_pack()
     import taptune.adapter_core as core
 
-    if not (base / "models" / "adapters" / DEMO_TAP).exists():
-        write_demo_adapters(
-            base / "models" / "adapters",
-            build_unet(SD15_SMALL, seed=1234),
-            core.architecture_signature("SD15", SD15_SMALL),
+    if not (base / "models" / "loras" / DEMO_LORA).exists():
+        write_demo_files(
+            base, build_unet(SD15_SMALL, seed=1234), core.architecture_signature("SD15", SD15_SMALL), image_size=256
         )
-    if not (base / "input" / DEMO_IMAGES).exists():
-        write_demo_images(base / "input" / DEMO_IMAGES)
 
 
-def copy_workflows(base: Path) -> None:
-    """The example workflows, where the editor's workflow browser finds them."""
-    target = base / "user" / "default" / "workflows"
-    target.mkdir(parents=True, exist_ok=True)
-    for source in EXAMPLES.glob("*.json"):
-        shutil.copy2(source, target / f"TapTune - {source.name}")
+def copy_workflows(base: Path) -> list[Path]:
+    """The CPU-sized variants of the examples, where the editor's Workflows sidebar finds them.
+
+    The committed examples (GPU values) are in the Templates browser, which ComfyUI fills from
+    the pack's ``example_workflows/``; these are the same graphs made from the same source with
+    the demo checkpoint's files and CPU sizes, so they run as they open.
+    """
+    folder = base / "user" / "default" / "workflows"
+    for old in folder.glob("TapTune - *.json"):  # earlier demos' copies
+        old.unlink()
+    return write_workflows(folder, CPU, "TapTune CPU - {stem}.json")
 
 
 def main() -> None:
@@ -97,7 +98,9 @@ def main() -> None:
     print(f"[demo] base folder: {DEMO}")
     print(f"[demo] the checkpoint {DEMO_CHECKPOINT} has RANDOM weights: images will be noise-like.")
     print("[demo] to use a real model, copy it into .demo/models/checkpoints/ and pick it in the loader.")
-    print(f"[demo] example workflows: Workflows sidebar, 'TapTune - ...' (also in {EXAMPLES.relative_to(ROOT)}/)")
+    print("[demo] in the browser: Workflows sidebar (W) -> 'TapTune CPU - dreambooth_tap_attn2o_ffni' -> Run;")
+    print("[demo]   every example runs as it opens there (CPU sizes, demo files); about 5 minutes for a training one.")
+    print(f"[demo] the GPU-sized originals: Templates -> ComfyUI-TapTune (also in {EXAMPLES.relative_to(ROOT)}/)")
     if args.prepare_only:
         print("[demo] prepared; start with: " + " ".join(command))
         return

@@ -1,4 +1,4 @@
-"""The files the example workflows name: demo adapters and a small captioned image folder.
+"""The files the example workflows name: demo adapters, a demo LoRA and a small captioned image folder.
 
 All random (nothing can be downloaded): they exist so that every example workflow runs
 as shipped on the demo checkpoint, and so the tests can run the examples too.
@@ -17,6 +17,31 @@ from PIL import Image
 DEMO_TAP = "taptune-demo-tap.safetensors"
 DEMO_OFT = "taptune-demo-oft.safetensors"
 DEMO_IMAGES = "taptune_dog"
+DEMO_LORA = "taptune-demo-lora.safetensors"
+#: The attention projections the demo LoRA changes (ComfyUI reads ``diffusion_model.<layer>.lora_up/down``).
+LORA_LAYERS = ("attn1.to_q", "attn1.to_v", "attn2.to_q", "attn2.to_v")
+
+
+def write_demo_files(base: Path, unet: torch.nn.Module, architecture: dict[str, Any], image_size: int = 256) -> None:
+    """Everything the CPU-sized examples name, in ComfyUI base folder ``base``, made for ``unet``."""
+    write_demo_adapters(base / "models" / "adapters", unet, architecture)
+    write_demo_lora(base / "models" / "loras" / DEMO_LORA, unet)
+    write_demo_images(base / "input" / DEMO_IMAGES, size=image_size)
+
+
+def write_demo_lora(path: Path, unet: torch.nn.Module, rank: int = 4) -> None:
+    """A random rank-``rank`` LoRA in ComfyUI's generic key format, for stock ``LoraLoaderModelOnly``."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(9)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(LORA_LAYERS):
+            key = f"diffusion_model.{name}"
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.05
+            tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.05
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"notes": "random demo LoRA (make demo)"})
 
 
 def write_demo_adapters(folder: Path, unet: torch.nn.Module, base: dict[str, Any]) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from devtools.comfy_host import ROOT
-from devtools.demo_files import DEMO_IMAGES, DEMO_OFT, DEMO_TAP
+from devtools.demo_files import DEMO_IMAGES, DEMO_LORA, DEMO_OFT, DEMO_TAP
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}
@@ -47,8 +48,20 @@ def _has_control(name: str, options: dict[str, Any]) -> bool:
     return bool(options.get("control_after_generate")) or name in SEED_NAMES
 
 
-def api_to_ui(prompt: dict[str, dict[str, Any]], title: str = "") -> dict[str, Any]:
-    """Lay an API prompt out as a UI workflow (left to right by dependency depth)."""
+#: Node types only the front end knows (ComfyUI's editor leaves them out of the API prompt).
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+NOTE_HEIGHT = 300
+
+
+def _drawn_height(inputs: list[tuple[str, Any, dict[str, Any]]], outputs: list[str]) -> int:
+    """About how tall the editor draws a node: a row per slot and widget, more for multiline text."""
+    rows = max(len(outputs), sum(1 for _, kind, _ in inputs if not _is_widget(kind)))
+    widgets = sum(4 if options.get("multiline") else 1 for _, kind, options in inputs if _is_widget(kind))
+    return 36 + 24 * (rows + widgets)
+
+
+def api_to_ui(prompt: dict[str, dict[str, Any]], title: str = "", note: str = "") -> dict[str, Any]:
+    """Lay an API prompt out as a UI workflow (left to right by dependency depth), ``note`` in a Note on top."""
     ids = {key: i + 1 for i, key in enumerate(prompt)}
     depth: dict[str, int] = {}
 
@@ -60,17 +73,20 @@ def api_to_ui(prompt: dict[str, dict[str, Any]], title: str = "") -> dict[str, A
 
     links: list[list[Any]] = []
     ui_nodes: dict[str, dict[str, Any]] = {}
-    rows: dict[int, int] = {}
+    # Each column stacks its nodes by their drawn height, so that tall nodes (the trainer) never overlap.
+    column_bottom: dict[int, int] = {}
+    top = 40 + (NOTE_HEIGHT + 40 if note else 0)
     for order, (key, node) in enumerate(prompt.items()):
         inputs, outputs = _definition(node["class_type"])
         column = depth_of(key)
-        row = rows.get(column, 0)
-        rows[column] = row + 1
+        height = _drawn_height(inputs, outputs)
+        y = column_bottom.get(column, top)
+        column_bottom[column] = y + height + 40
         ui_nodes[key] = {
             "id": ids[key],
             "type": node["class_type"],
-            "pos": [40 + 360 * column, 40 + 260 * row],
-            "size": [320, 160],
+            "pos": [40 + 380 * column, y],
+            "size": [340, height],
             "flags": {},
             "order": order,
             "mode": 0,
@@ -110,6 +126,22 @@ def api_to_ui(prompt: dict[str, dict[str, Any]], title: str = "") -> dict[str, A
                     target["widgets_values"].append("fixed")
             else:
                 target["inputs"].append({"name": name, "type": kind, "link": None})
+    if note:
+        ui_nodes["note"] = {
+            "id": len(ui_nodes) + 1,
+            "type": "Note",
+            "pos": [40, 40],
+            "size": [720, NOTE_HEIGHT],
+            "flags": {},
+            "order": len(ui_nodes),
+            "mode": 0,
+            "inputs": [],
+            "outputs": [],
+            "properties": {},
+            "widgets_values": [note],
+            "color": "#432",
+            "bgcolor": "#653",
+        }
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "taptune:" + title)),
         "revision": 0,
@@ -129,7 +161,7 @@ def ui_to_api(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
     links = {link[0]: link for link in workflow["links"]}
     prompt: dict[str, dict[str, Any]] = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) != 0:
+        if node.get("mode", 0) != 0 or node["type"] in FRONTEND_ONLY:
             continue
         inputs, _ = _definition(node["type"])
         linked = {entry["name"]: entry["link"] for entry in node.get("inputs", []) if entry.get("link") is not None}
@@ -184,130 +216,237 @@ def ksampler(
     }
 
 
-def example_prompts(checkpoint: str = DEMO_CHECKPOINT) -> dict[str, dict[str, dict[str, Any]]]:
-    """The example workflows in API form, keyed by file stem."""
+@dataclass(frozen=True)
+class ExampleSizing:
+    """The files an example names and how big it runs: one source, a GPU and a CPU variant."""
+
+    checkpoint: str
+    tap_adapter: str
+    oft_adapter: str
+    lora: str
+    instance_images: str
+    captioned_images: str
+    size: int
+    sample_steps: int
+    cfg: float
+    train_steps: int
+    class_count: int
+    checkpoint_every: int
+    note: str
+
+
+#: What a GPU user with a real SD 1.5 checkpoint starts from (the committed examples).
+GPU = ExampleSizing(
+    checkpoint="v1-5-pruned-emaonly.safetensors",
+    tap_adapter="taptune/sks_dog_attn2o_ffni_00001.safetensors",
+    oft_adapter="taptune/sks_dog_coft_00001.safetensors",
+    lora="your_lora.safetensors",
+    instance_images="sks_dog",
+    captioned_images="captioned_pairs",
+    size=512,
+    sample_steps=25,
+    cfg=7.0,
+    train_steps=800,
+    class_count=100,
+    checkpoint_every=200,
+    note=(
+        "Sized for a GPU and SD 1.5 (512 px). Estimates, not measurements: 8 GB VRAM is enough for the tap "
+        "recipe and COFT at batch 1; 800 steps take minutes, the class images about one minute per 25."
+    ),
+)
+
+#: The same graphs made small for `make demo` on a 2-core CPU (demo checkpoint, demo files).
+CPU = ExampleSizing(
+    checkpoint=DEMO_CHECKPOINT,
+    tap_adapter=DEMO_TAP,
+    oft_adapter=DEMO_OFT,
+    lora=DEMO_LORA,
+    instance_images=DEMO_IMAGES,
+    captioned_images=DEMO_IMAGES,
+    size=256,
+    sample_steps=12,
+    cfg=6.0,
+    train_steps=60,
+    class_count=8,
+    checkpoint_every=20,
+    note=(
+        "CPU-sized variant made by `make demo`: the demo checkpoint has RANDOM weights, so images look like "
+        "noise; the graph, the training and the files are real. The committed example (GPU values) is in the "
+        "Templates browser."
+    ),
+)
+
+SUBJECT_PROMPT = "a photo of sks dog"
+CLASS_PROMPT = "a photo of dog"
+#: The tap-point pairs compare_tap_points trains: the paper's best, two other transformer inputs, a ResBlock pair.
+COMPARED_PAIRS = (("attn2o", "ffni"), ("attn1o", "ffni"), ("attn2i", "transo"), ("resi", "reso"))
+
+NOTES = {
+    "dreambooth_tap_attn2o_ffni": (
+        "DreamBooth with the Closer-Look paper's recipe: a tap adapter from attn2o (after cross-attention) to "
+        "ffni (the feed-forward input), mid_dim 60, learning rate 0 = the paper's.\n\n"
+        "Change: ckpt_name (your SD 1.x / 2.x / SDXL checkpoint; SDXL: 1024 px); the image folder (3-6 photos of "
+        "your subject in ComfyUI/input/<folder>); instance_prompt 'a photo of sks <class>' and class_prompt "
+        "'a photo of <class>' with your class word; steps 600-1200. Left: base model, right: adapted, same seed."
+    ),
+    "dreambooth_coft": (
+        "DreamBooth with COFT (constrained orthogonal fine-tuning, r=4, eps 6e-5): rotations of the attention "
+        "weights that keep the prior.\n\n"
+        "Change: ckpt_name, the image folder, the prompts' class word; steps 800-1500 (OFT learns slower than the "
+        "tap adapter). Raise eps (1e-4 .. 1e-3) if the subject does not come through; coft off = plain OFT."
+    ),
+    "generate_with_adapter": (
+        "Text to image with a saved TapTune adapter (tap or OFT; the loader tells them apart).\n\n"
+        "Change: ckpt_name (the checkpoint the adapter was trained on: the loader refuses another architecture); "
+        "adapter_name (files in models/adapters, e.g. what TapTuneSaveAdapter wrote); strength 0 = base model, "
+        "1 = as trained; the prompt keeps the trigger word (sks)."
+    ),
+    "stack_adapters": (
+        "Three adapters on one model: a tap adapter, an OFT rotation, and a LoRA through ComfyUI's own "
+        "LoraLoaderModelOnly. Order does not matter for the tap adapter; OFT and LoRA both change weights.\n\n"
+        "Change: ckpt_name, both adapter_name values, lora_name (any LoRA for the same base model), and each strength."
+    ),
+    "compare_tap_points": (
+        "The paper's study in miniature: one subject trained at four tap-point pairs (same images, class images, "
+        "seed and steps), sampled at the same seed and shown as one labelled grid next to the base model.\n\n"
+        "Change: ckpt_name, the image folder, prompts; din/dout of the four specs (20 pairs are valid; the "
+        "paper finds the input position matters most and attn2o -> ffni is at or near the best)."
+    ),
+    "finetune_text_image_pairs": (
+        "The paper's second task: fine-tuning on image-caption pairs. Each image in the folder has a same-name "
+        ".txt caption; the captions are the training prompts (no class images, prior weight 0).\n\n"
+        "Change: ckpt_name; the folder (images + .txt captions in ComfyUI/input/<folder>); steps (about 100 per "
+        "image); the validation prompt."
+    ),
+}
+
+
+def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str, Any]]]:
+    """The example workflows in API form, keyed by file stem (the committed ones: ``GPU``)."""
     text = {"clip": ["ckpt", 1]}
     common = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sizing.checkpoint}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of sks dog on the beach", **text}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", **text}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
+        "latent": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": sizing.size, "height": sizing.size, "batch_size": 1},
+        },
     }
 
     def sampler(model: list[Any]) -> dict[str, Any]:
-        return ksampler(model, ["pos", 0], ["neg", 0], ["latent", 0], seed=42, steps=12, cfg=6.0)
+        return ksampler(
+            model, ["pos", 0], ["neg", 0], ["latent", 0], seed=42, steps=sizing.sample_steps, cfg=sizing.cfg
+        )
 
-    def decode_and_save(sample: str, prefix: str) -> dict[str, Any]:
+    def decode(sample: str) -> dict[str, Any]:
+        return {"class_type": "VAEDecode", "inputs": {"samples": [sample, 0], "vae": ["ckpt", 2]}}
+
+    def save(images: list[Any], prefix: str) -> dict[str, Any]:
+        return {"class_type": "SaveImage", "inputs": {"images": images, "filename_prefix": prefix}}
+
+    def side_by_side(samples: list[tuple[str, list[Any]]], prefix: str) -> dict[str, dict[str, Any]]:
+        """Sample each (label, model) at the same seed, batch the images and save one labelled grid."""
+        graph: dict[str, dict[str, Any]] = {}
+        for index, (_, model) in enumerate(samples):
+            graph[f"sample{index}"] = sampler(model)
+            graph[f"decode{index}"] = decode(f"sample{index}")
+        batch = ["decode0", 0]
+        for index in range(1, len(samples)):
+            graph[f"batch{index}"] = {
+                "class_type": "ImageBatch",
+                "inputs": {"image1": batch, "image2": [f"decode{index}", 0]},
+            }
+            batch = [f"batch{index}", 0]
+        labels = "\n".join(label for label, _ in samples)
+        graph["grid"] = {"class_type": "TapTuneImageGrid", "inputs": {"images": batch, "labels": labels, "columns": 0}}
+        graph["save"] = save(["grid", 0], prefix)
+        return graph
+
+    def loader(model: list[Any], adapter: str, strength: float) -> dict[str, Any]:
         return {
-            "decode": {"class_type": "VAEDecode", "inputs": {"samples": [sample, 0], "vae": ["ckpt", 2]}},
-            "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
+            "class_type": "TapTuneLoadAdapter",
+            "inputs": {"model": model, "adapter_name": adapter, "strength": strength},
         }
 
-    load_tap = {
-        **common,
-        "adapter": {
-            "class_type": "TapTuneLoadAdapter",
-            "inputs": {"model": ["ckpt", 0], "adapter_name": DEMO_TAP, "strength": 1.0},
-        },
-        "info": {"class_type": "TapTuneAdapterInfo", "inputs": {"adapter_name": DEMO_TAP, "model": ["ckpt", 0]}},
-        "sample": sampler(["adapter", 0]),
-        **decode_and_save("sample", "taptune/tap"),
-    }
-    stack = {
-        **common,
-        "oft": {
-            "class_type": "TapTuneLoadAdapter",
-            "inputs": {"model": ["ckpt", 0], "adapter_name": DEMO_OFT, "strength": 1.0},
-        },
-        "tap": {
-            "class_type": "TapTuneLoadAdapter",
-            "inputs": {"model": ["oft", 0], "adapter_name": DEMO_TAP, "strength": 0.5},
-        },
-        "sample": sampler(["tap", 0]),
-        **decode_and_save("sample", "taptune/stacked"),
-    }
-
-    def training(spec: dict[str, Any], prefix: str, **train: Any) -> dict[str, dict[str, Any]]:
-        return {
-            **common,
-            "images": {
-                "class_type": "TapTuneLoadImageFolder",
-                "inputs": {"folder": DEMO_IMAGES, "resize_mode": "none", "resolution": 256, "require_captions": False},
-            },
-            "classes": {
-                "class_type": "TapTuneClassImages",
-                "inputs": {
-                    "model": ["ckpt", 0],
-                    "clip": ["ckpt", 1],
-                    "vae": ["ckpt", 2],
-                    "class_prompt": "a photo of dog",
-                    "count": 8,
-                    "seed": 0,
-                    "steps": 12,
-                    "cfg": 6.0,
-                    "sampler_name": "euler",
-                    "scheduler": "normal",
-                    "width": 256,
-                    "height": 256,
-                    "negative_prompt": "",
-                },
-            },
-            "spec": spec,
-            "train": {
-                "class_type": "TapTuneDreamBoothTrain",
-                "inputs": {
-                    "model": ["ckpt", 0],
-                    "clip": ["ckpt", 1],
-                    "vae": ["ckpt", 2],
-                    "spec": ["spec", 0],
-                    "instance_images": ["images", 0],
-                    "instance_prompt": "a photo of sks dog",
-                    "class_prompt": "a photo of dog",
-                    "prior_loss_weight": 1.0,
-                    "steps": 60,
-                    "learning_rate": 0.0,
-                    "batch_size": 1,
-                    "seed": 0,
-                    "class_images": ["classes", 0],
-                    "resolution": 256,
-                    "resize_mode": "center_crop",
-                    "gradient_accumulation": 1,
-                    "lr_schedule": "constant",
-                    "warmup_steps": 0,
-                    "optimizer": "adamw",
-                    "weight_decay": 0.0,
-                    "precision": "auto",
-                    "gradient_checkpointing": False,
-                    "checkpoint_every": 20,
-                    "resume_from": "none",
-                    "validation_prompt": "a photo of sks dog on the beach",
-                    "validation_every": 20,
-                    "validation_steps": 12,
-                    **train,
-                },
-            },
-            "save_adapter": {
-                "class_type": "TapTuneSaveAdapter",
-                "inputs": {"adapter": ["train", 1], "filename_prefix": prefix},
-            },
-            "loss": {"class_type": "PreviewImage", "inputs": {"images": ["train", 2]}},
-            "sample": sampler(["train", 0]),
-            **decode_and_save("sample", prefix),
-        }
-
-    tap_spec = {
-        "class_type": "TapTuneTapSpec",
+    images = {
+        "class_type": "TapTuneLoadImageFolder",
         "inputs": {
-            "din": "attn2o",
-            "dout": "ffni",
-            "mid_dim": 60,
-            "method": "relu",
-            "scale": 1.0,
-            "blocks": "all",
-            "block_list": "",
-            "init": "zero_up",
+            "folder": sizing.instance_images,
+            "resize_mode": "none",
+            "resolution": sizing.size,
+            "require_captions": False,
         },
     }
+    classes = {
+        "class_type": "TapTuneClassImages",
+        "inputs": {
+            "model": ["ckpt", 0],
+            "clip": ["ckpt", 1],
+            "vae": ["ckpt", 2],
+            "class_prompt": CLASS_PROMPT,
+            "count": sizing.class_count,
+            "seed": 0,
+            "steps": sizing.sample_steps,
+            "cfg": sizing.cfg,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "width": sizing.size,
+            "height": sizing.size,
+            "negative_prompt": "",
+        },
+    }
+
+    def train(spec: str, **changes: Any) -> dict[str, Any]:
+        return {
+            "class_type": "TapTuneDreamBoothTrain",
+            "inputs": {
+                "model": ["ckpt", 0],
+                "clip": ["ckpt", 1],
+                "vae": ["ckpt", 2],
+                "spec": [spec, 0],
+                "instance_images": ["images", 0],
+                "instance_prompt": SUBJECT_PROMPT,
+                "class_prompt": CLASS_PROMPT,
+                "prior_loss_weight": 1.0,
+                "steps": sizing.train_steps,
+                "learning_rate": 0.0,
+                "batch_size": 1,
+                "seed": 0,
+                "class_images": ["classes", 0],
+                "resolution": sizing.size,
+                "resize_mode": "center_crop",
+                "gradient_accumulation": 1,
+                "lr_schedule": "constant",
+                "warmup_steps": 0,
+                "optimizer": "adamw",
+                "weight_decay": 0.0,
+                "precision": "auto",
+                "gradient_checkpointing": False,
+                "checkpoint_every": sizing.checkpoint_every,
+                "resume_from": "none",
+                "validation_prompt": "a photo of sks dog on the beach",
+                "validation_every": sizing.checkpoint_every,
+                "validation_steps": sizing.sample_steps,
+                **changes,
+            },
+        }
+
+    def tap_spec(din: str = "attn2o", dout: str = "ffni") -> dict[str, Any]:
+        return {
+            "class_type": "TapTuneTapSpec",
+            "inputs": {
+                "din": din,
+                "dout": dout,
+                "mid_dim": 60,
+                "method": "relu",
+                "scale": 1.0,
+                "blocks": "all",
+                "block_list": "",
+                "init": "zero_up",
+            },
+        }
+
     oft_spec = {
         "class_type": "TapTuneOFTSpec",
         "inputs": {
@@ -322,15 +461,99 @@ def example_prompts(checkpoint: str = DEMO_CHECKPOINT) -> dict[str, dict[str, di
             "magnitude_steps": 0,
         },
     }
-    pairs = training(tap_spec, "taptune/pairs", prior_loss_weight=0.0, instance_prompt=["images", 1])
-    del pairs["classes"]
+
+    def dreambooth(spec: dict[str, Any], prefix: str) -> dict[str, dict[str, Any]]:
+        return {
+            **common,
+            "images": images,
+            "classes": classes,
+            "spec": spec,
+            "train": train("spec"),
+            "save_adapter": {
+                "class_type": "TapTuneSaveAdapter",
+                "inputs": {"adapter": ["train", 1], "filename_prefix": prefix},
+            },
+            "loss": {"class_type": "PreviewImage", "inputs": {"images": ["train", 2]}},
+            **side_by_side([("base", ["ckpt", 0]), ("adapted", ["train", 0])], prefix),
+        }
+
+    compare: dict[str, dict[str, Any]] = {**common, "images": images, "classes": classes}
+    compared: list[tuple[str, list[Any]]] = [("base", ["ckpt", 0])]
+    for index, (din, dout) in enumerate(COMPARED_PAIRS):
+        compare[f"spec{index}"] = tap_spec(din, dout)
+        compare[f"train{index}"] = train(f"spec{index}", validation_every=0)
+        compared.append((f"{din} -> {dout}", [f"train{index}", 0]))
+    compare.update(side_by_side(compared, "taptune/compare_tap_points"))
+
+    pairs = {
+        **common,
+        "images": {
+            **images,
+            "inputs": {**images["inputs"], "folder": sizing.captioned_images, "require_captions": True},
+        },
+        "spec": tap_spec(),
+        "train": train("spec", prior_loss_weight=0.0, instance_prompt=["images", 1]),
+        "save_adapter": {
+            "class_type": "TapTuneSaveAdapter",
+            "inputs": {"adapter": ["train", 1], "filename_prefix": "taptune/captioned_pairs"},
+        },
+        "loss": {"class_type": "PreviewImage", "inputs": {"images": ["train", 2]}},
+        "sample": sampler(["train", 0]),
+        "decode": decode("sample"),
+        "save": save(["decode", 0], "taptune/captioned_pairs"),
+    }
     del pairs["train"]["inputs"]["class_images"]
+
     return {
-        "load_tap_adapter": _renumber(load_tap),
-        "stack_oft_and_tap": _renumber(stack),
-        "train_dreambooth_tap": _renumber(training(tap_spec, "taptune/dog_tap")),
-        "train_dreambooth_oft": _renumber(training(oft_spec, "taptune/dog_oft")),
+        "dreambooth_tap_attn2o_ffni": _renumber(dreambooth(tap_spec(), "taptune/sks_dog_attn2o_ffni")),
+        "dreambooth_coft": _renumber(dreambooth(oft_spec, "taptune/sks_dog_coft")),
+        "generate_with_adapter": _renumber(
+            {
+                **common,
+                "adapter": loader(["ckpt", 0], sizing.tap_adapter, 1.0),
+                "info": {
+                    "class_type": "TapTuneAdapterInfo",
+                    "inputs": {"adapter_name": sizing.tap_adapter, "model": ["ckpt", 0]},
+                },
+                "sample": sampler(["adapter", 0]),
+                "decode": decode("sample"),
+                "save": save(["decode", 0], "taptune/with_adapter"),
+            }
+        ),
+        "stack_adapters": _renumber(
+            {
+                **common,
+                "tap": loader(["ckpt", 0], sizing.tap_adapter, 1.0),
+                "oft": loader(["tap", 0], sizing.oft_adapter, 1.0),
+                "lora": {
+                    "class_type": "LoraLoaderModelOnly",
+                    "inputs": {"model": ["oft", 0], "lora_name": sizing.lora, "strength_model": 0.8},
+                },
+                "sample": sampler(["lora", 0]),
+                "decode": decode("sample"),
+                "save": save(["decode", 0], "taptune/stacked"),
+            }
+        ),
+        "compare_tap_points": _renumber(compare),
         "finetune_text_image_pairs": _renumber(pairs),
+    }
+
+
+def resized(
+    prompt: dict[str, dict[str, Any]], source: ExampleSizing, target: ExampleSizing
+) -> dict[str, dict[str, Any]]:
+    """``prompt`` (an example made with ``source``) naming ``target``'s files instead of ``source``'s."""
+    names = {
+        getattr(source, field.name): getattr(target, field.name)
+        for field in fields(ExampleSizing)
+        if isinstance(getattr(source, field.name), str) and field.name != "note"
+    }
+    return {
+        key: {
+            "class_type": node["class_type"],
+            "inputs": {n: names.get(v, v) if isinstance(v, str) else v for n, v in node["inputs"].items()},
+        }
+        for key, node in prompt.items()
     }
 
 
@@ -344,13 +567,21 @@ def _renumber(prompt: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_examples() -> list[Path]:
-    """Regenerate ``example_workflows/*.json`` from :func:`example_prompts`."""
-    EXAMPLES.mkdir(exist_ok=True)
+def example_workflows(sizing: ExampleSizing = GPU) -> dict[str, dict[str, Any]]:
+    """The examples in UI form, each with its Note, keyed by file stem."""
+    return {
+        stem: api_to_ui(prompt, stem, NOTES[stem] + "\n\n" + sizing.note)
+        for stem, prompt in example_prompts(sizing).items()
+    }
+
+
+def write_workflows(folder: Path, sizing: ExampleSizing = GPU, name: str = "{stem}.json") -> list[Path]:
+    """Write :func:`example_workflows` of ``sizing`` into ``folder`` as ``name`` (``{stem}`` filled in)."""
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for stem, prompt in example_prompts().items():
-        path = EXAMPLES / f"{stem}.json"
-        path.write_text(json.dumps(api_to_ui(prompt, stem), indent=2) + "\n")
+    for stem, workflow in example_workflows(sizing).items():
+        path = folder / name.format(stem=stem)
+        path.write_text(json.dumps(workflow, indent=2) + "\n")
         written.append(path)
     return written
 
@@ -362,5 +593,5 @@ if __name__ == "__main__":
 
     prepare_comfy(tempfile.mkdtemp(prefix="taptune-workflows-"))
     init_nodes()
-    for written_path in write_examples():
+    for written_path in write_workflows(EXAMPLES):
         print(f"wrote {written_path.relative_to(ROOT)}")

@@ -25,6 +25,7 @@ ADAPTER_EXTENSIONS = {".safetensors"}
 CATEGORY_LOAD = "TapTune/load"
 CATEGORY_TRAIN = "TapTune/train"
 CATEGORY_CONVERT = "TapTune/convert"
+CATEGORY_IMAGE = "TapTune/image"
 
 #: A recipe for new adapters (tap or OFT), made by the spec nodes and consumed by training.
 TapTuneSpec = io.Custom("TAPTUNE_SPEC")

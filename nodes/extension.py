@@ -7,6 +7,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 from .class_images import TapTuneClassImages
 from .common import register_model_folder
 from .image_folder import TapTuneLoadImageFolder
+from .image_grid import TapTuneImageGrid
 from .load_adapter import TapTuneAdapterInfo, TapTuneLoadAdapter
 from .oft_interchange import TapTuneExportOFTAsLoRA, TapTuneImportOFT
 from .save_adapter import TapTuneSaveAdapter
@@ -31,6 +32,7 @@ def node_classes() -> list[type[io.ComfyNode]]:
         TapTuneLoadImageFolder,
         TapTuneDreamBoothTrain,
         TapTuneSaveAdapter,
+        TapTuneImageGrid,
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,3 +99,42 @@ def sample_images(
             seed=seeds[0],
         )
         return vae.decode(samples)
+
+
+#: Refused before anything is drawn: a grid larger than this many pixels.
+MAX_GRID_PIXELS = 64 * 2**20
+
+
+def grid_shape(count: int, columns: int) -> tuple[int, int]:
+    """``(rows, columns)`` of a grid of ``count`` cells; ``columns`` 0 means one row up to six, else square."""
+    if columns <= 0:
+        columns = count if count <= 6 else math.ceil(math.sqrt(count))
+    columns = max(1, min(columns, count))
+    return math.ceil(count / columns), columns
+
+
+def label_band_height(cell_width: int) -> int:
+    """Height of the caption strip above each cell: readable at 64 px cells and at 1024 px ones."""
+    return max(14, min(64, cell_width // 10))
+
+
+def labelled_grid(images: Sequence[Image.Image], labels: Sequence[str], columns: int = 0) -> Image.Image:
+    """``images`` (all one size) in a grid, each under its label (missing labels leave the strip blank)."""
+    from PIL import ImageFont
+
+    rows, columns = grid_shape(len(images), columns)
+    width, height = images[0].size
+    band = label_band_height(width)
+    try:
+        font = ImageFont.load_default(size=max(10, band * 3 // 4))
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        font = ImageFont.load_default()
+    grid = Image.new("RGB", (columns * width, rows * (height + band)), "white")
+    draw = ImageDraw.Draw(grid)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        left, top = column * width, row * (height + band)
+        grid.paste(image.convert("RGB"), (left, top + band))
+        if index < len(labels) and labels[index]:
+            draw.text((left + 4, top + band // 8), labels[index], fill=(0, 0, 0), font=font)
+    return grid

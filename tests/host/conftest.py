@@ -67,11 +67,10 @@ def demo_files(sd15, adapters_dir: Path, base_dir: Path) -> Path:
     """The adapter files and image folder the example workflows name, made for the test checkpoint."""
     import comfy.model_management
 
-    from devtools.demo_files import DEMO_IMAGES, write_demo_adapters, write_demo_images
+    from devtools.demo_files import write_demo_files
     from taptune.patching.model_access import model_architecture
 
     model = sd15[0]
     comfy.model_management.load_models_gpu([model])
-    write_demo_adapters(adapters_dir, model.model.diffusion_model, model_architecture(model))
-    write_demo_images(base_dir / "input" / DEMO_IMAGES, size=64)
+    write_demo_files(base_dir, model.model.diffusion_model, model_architecture(model), image_size=64)
     return adapters_dir

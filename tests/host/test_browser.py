@@ -8,35 +8,27 @@ Checked, in one page: it loads with no console error that mentions the pack; eve
 node is registered and can be added through the node search box; every example workflow loads
 with no missing node or widget, and ``app.graphToPrompt()`` gives what the pack's own UI-to-API
 conversion gives; the Queue (Run) button runs the adapter example and its image appears in the
-page; a screenshot of the loaded training workflow is written to ``.host/artifacts/``.
+page; the Templates browser lists every example with its thumbnail and opens one; a screenshot
+of the loaded training workflow is written to ``.host/artifacts/``.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
 
+from devtools.chromium import CHROMIUM_ARGS, PAGE_READY, chromium, close_dialogs, fit_graph_for_a_picture
 from devtools.comfy_host import ROOT
-from devtools.demo_files import DEMO_IMAGES, write_demo_adapters, write_demo_images
+from devtools.demo_files import DEMO_TAP, write_demo_files
+from devtools.thumbnails import THUMBNAIL_WIDTH
 from devtools.workflows import DEMO_CHECKPOINT, EXAMPLES, ui_to_api
 from taptune.patching.model_access import model_architecture
 
 from .live_server import call, running_server, server_base
 
 ARTIFACTS = ROOT / ".host" / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
-
 #: Every widget of every node the workflow names exists and holds the saved value.
 JS_LOAD_PROBLEMS = """(wf) => {
   const problems = [];
@@ -71,20 +63,13 @@ JS_WATCH_MISSING = """() => {
 }"""
 
 
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert found, "Debian's chromium is not installed: `make test` installs it (apt-get install chromium) as root"
-    return found
-
-
 @pytest.fixture(scope="module")
 def browser_server(tmp_path_factory, sd15, sd15_checkpoint_name, base_dir):
     checkpoint = base_dir / "models" / "checkpoints" / sd15_checkpoint_name
     base = server_base(tmp_path_factory.mktemp("browser-base"), checkpoint)
     (base / "models" / "checkpoints" / DEMO_CHECKPOINT).symlink_to(checkpoint.resolve())
     model = sd15[0]
-    write_demo_adapters(base / "models" / "adapters", model.model.diffusion_model, model_architecture(model))
-    write_demo_images(base / "input" / DEMO_IMAGES, size=64)
+    write_demo_files(base, model.model.diffusion_model, model_architecture(model), image_size=64)
     with running_server(base) as (port, _process):
         yield f"http://127.0.0.1:{port}", port
 
@@ -104,10 +89,8 @@ def page(browser_server):
         # Only the server's own answers count: the page also asks outside services, unreachable here.
         page.on("response", lambda r: r.status >= 400 and r.url.startswith(url) and errors.append(("http", r.url)))
         page.goto(url + "/")
-        page.wait_for_function(
-            "() => window.app && app.graph && window.LiteGraph && app.extensionManager", timeout=120_000
-        )
-        _close_dialogs(page)
+        page.wait_for_function(PAGE_READY, timeout=120_000)
+        close_dialogs(page)
         page.evaluate(JS_WATCH_MISSING)
         page.taptune_errors = errors  # type: ignore[attr-defined]
         page.taptune_url = url  # type: ignore[attr-defined]
@@ -125,17 +108,6 @@ def _console_error(origin: str, text: str, location: dict) -> tuple[str, str]:
     if text.startswith("Failed to load resource") and source and not source.startswith(origin):
         return ("offline", f"{text} {source}")
     return ("console", f"{text} {source}")
-
-
-def _close_dialogs(page) -> None:
-    # The templates browser opens on a first visit; its close button shuts it (Escape does not).
-    dialog = page.locator(".p-dialog.global-dialog")
-    try:
-        dialog.wait_for(state="visible", timeout=4000)
-    except Exception:
-        return
-    dialog.locator("button:has(i.pi-times)").first.click()
-    dialog.wait_for(state="hidden", timeout=10_000)
 
 
 def _load(page, workflow: dict, name: str) -> tuple[list[str], list[str]]:
@@ -222,7 +194,7 @@ def test_each_example_loads_whole_and_converts_like_the_pack(page, path):
 
 def test_a_broken_workflow_is_reported_as_missing(page):
     """The check above can fail: an unknown node type and a foreign widget value are seen."""
-    workflow = json.loads((EXAMPLES / "load_tap_adapter.json").read_text())
+    workflow = json.loads((EXAMPLES / "generate_with_adapter.json").read_text())
     workflow["nodes"][0]["type"] = "TapTuneNoSuchNode"
     missing, problems = _load(page, workflow, "broken")
     assert "TapTuneNoSuchNode" in missing
@@ -231,18 +203,22 @@ def test_a_broken_workflow_is_reported_as_missing(page):
 
 
 def test_the_queue_button_runs_the_adapter_example_and_shows_its_image(page):
-    workflow = json.loads((EXAMPLES / "load_tap_adapter.json").read_text())
-    missing, problems = _load(page, workflow, "load_tap_adapter")
+    workflow = json.loads((EXAMPLES / "generate_with_adapter.json").read_text())
+    missing, problems = _load(page, workflow, "generate_with_adapter")
     assert missing == [] and problems == []
+    # What a user does first: pick their checkpoint and adapter (here the demo's), then Run.
     page.evaluate(
-        """() => {
+        """([checkpoint, adapter]) => {
           for (const n of app.graph._nodes) {
-            const w = (name) => n.widgets.find(x => x.name === name);
+            const w = (name) => (n.widgets || []).find(x => x.name === name);
+            if (w('ckpt_name')) w('ckpt_name').value = checkpoint;
+            if (w('adapter_name')) w('adapter_name').value = adapter;
             if (n.type === 'KSampler') w('steps').value = 2;
             if (n.type === 'EmptyLatentImage') { w('width').value = 64; w('height').value = 64; }
             if (n.type === 'SaveImage') w('filename_prefix').value = 'browser/queued';
           }
-        }"""
+        }""",
+        [DEMO_CHECKPOINT, DEMO_TAP],
     )
     # The Run button: front ends up to 1.3x mark it with a test id; later ones only by its label.
     run = (
@@ -264,26 +240,40 @@ def test_the_queue_button_runs_the_adapter_example_and_shows_its_image(page):
 
 
 def test_a_screenshot_of_the_training_workflow(page):
-    workflow = json.loads((EXAMPLES / "train_dreambooth_tap.json").read_text())
-    missing, problems = _load(page, workflow, "train_dreambooth_tap")
+    workflow = json.loads((EXAMPLES / "dreambooth_tap_attn2o_ffni.json").read_text())
+    missing, problems = _load(page, workflow, "dreambooth_tap_attn2o_ffni")
     assert missing == [] and problems == []
-    # Readable at fit-to-view zoom: no low-detail drawing, no minimap, no announcement banner.
-    page.evaluate(
-        """async () => {
-            await app.extensionManager.setting.set('LiteGraph.Canvas.MinFontSizeForLOD', 0);
-            await app.extensionManager.setting.set('Comfy.Minimap.Visible', false);
-        }"""
-    )
-    banner = page.locator("div.h-10:has-text('Introducing Nodes 2.0') > button")
-    if banner.count():
-        banner.first.click()
-    page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
-    page.mouse.move(1590, 600)
-    time.sleep(1.0)
+    fit_graph_for_a_picture(page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "train_dreambooth_tap.png"
+    shot = ARTIFACTS / "dreambooth_tap_attn2o_ffni.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 20_000  # a drawn graph, not an empty canvas
+
+
+def test_the_templates_browser_lists_every_example_with_its_thumbnail_and_opens_one(page):
+    stems = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    dialog = page.locator(".p-dialog.global-dialog")
+    dialog.wait_for(state="visible", timeout=15_000)
+    # ComfyUI lists a pack's example_workflows/ under the pack's folder name.
+    dialog.get_by_text("ComfyUI-TapTune", exact=True).first.click()
+    for stem in stems:
+        dialog.get_by_text(stem, exact=True).first.wait_for(state="visible", timeout=15_000)
+    page.wait_for_function(
+        """([count, width]) => [...document.querySelectorAll('.p-dialog.global-dialog img')]
+             .filter(i => i.complete && i.naturalWidth === width).length >= count""",
+        arg=[len(stems), THUMBNAIL_WIDTH],
+        timeout=30_000,
+    )
+    page.evaluate("() => { window.__taptuneMissing = null; }")
+    dialog.get_by_text("generate_with_adapter", exact=True).first.click()
+    page.wait_for_function(
+        "() => app.graph._nodes.some(n => n.type === 'TapTuneLoadAdapter')", timeout=30_000, polling=300
+    )
+    types = set(page.evaluate("() => app.graph._nodes.map(n => n.type)"))
+    expected = {n["type"] for n in json.loads((EXAMPLES / "generate_with_adapter.json").read_text())["nodes"]}
+    assert types == expected
+    close_dialogs(page)
 
 
 def test_no_console_error_mentions_the_pack(page):

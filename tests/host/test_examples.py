@@ -1,4 +1,8 @@
-"""Every example workflow (UI format) converts to an API prompt and runs in the real executor."""
+"""Every example workflow (UI format) converts to an API prompt and runs on a real server's /prompt.
+
+The committed examples carry what a GPU user with SD 1.5 starts from; the test alone makes them
+small (the demo's files, tiny images, a few steps) before it queues them.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,32 @@ import json
 
 import pytest
 
-from devtools.workflows import DEMO_CHECKPOINT, EXAMPLES, api_to_ui, example_prompts, ui_to_api
+from devtools.demo_files import write_demo_files
+from devtools.workflows import (
+    CPU,
+    EXAMPLES,
+    FRONTEND_ONLY,
+    GPU,
+    NOTES,
+    example_prompts,
+    example_workflows,
+    resized,
+    ui_to_api,
+)
+from taptune.patching.model_access import model_architecture
 
 from .cpu_sized import cpu_sized
+from .live_server import call, post_prompt, running_server, server_base, wait_for
 
 WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
+NAMED_IN_THE_ISSUE = {
+    "dreambooth_tap_attn2o_ffni",
+    "dreambooth_coft",
+    "generate_with_adapter",
+    "stack_adapters",
+    "compare_tap_points",
+    "finetune_text_image_pairs",
+}
 
 
 def _host_neutral(workflow: dict) -> dict:
@@ -29,23 +54,74 @@ def _host_neutral(workflow: dict) -> dict:
 
 def test_committed_examples_are_current():
     """example_workflows/ is what `python -m devtools.workflows` generates."""
-    expected = {stem: api_to_ui(prompt, stem) for stem, prompt in example_prompts().items()}
-    assert {p.stem for p in WORKFLOWS} == set(expected)
+    expected = example_workflows(GPU)
+    assert {p.stem for p in WORKFLOWS} == set(expected) == NAMED_IN_THE_ISSUE == set(NOTES)
     for path in WORKFLOWS:
         assert _host_neutral(json.loads(path.read_text())) == _host_neutral(expected[path.stem]), (
             f"{path.name} is stale: run python -m devtools.workflows"
         )
 
 
+def test_each_example_has_a_thumbnail_and_a_note():
+    for path in WORKFLOWS:
+        thumbnail = path.with_suffix(".jpg")
+        assert thumbnail.is_file(), f"{path.name} has no {thumbnail.name}: run python -m devtools.thumbnails"
+        assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff", f"{thumbnail.name} is not a JPEG"
+        notes = [n for n in json.loads(path.read_text())["nodes"] if n["type"] == "Note"]
+        assert len(notes) == 1 and "Change:" in notes[0]["widgets_values"][0], path.name
+
+
+def test_the_cpu_variant_is_the_same_graph_with_the_demo_files():
+    """`make demo`'s variants come from the same source: only file names and sizes differ."""
+    for stem, gpu in example_prompts(GPU).items():
+        cpu = example_prompts(CPU)[stem]
+        assert resized(gpu, GPU, CPU).keys() == cpu.keys()
+        for key, node in resized(gpu, GPU, CPU).items():
+            assert node["class_type"] == cpu[key]["class_type"]
+            assert node["inputs"].keys() == cpu[key]["inputs"].keys()
+        assert any(v == CPU.checkpoint for node in cpu.values() for v in node["inputs"].values())
+
+
+@pytest.fixture(scope="module")
+def example_server(tmp_path_factory, sd15, sd15_checkpoint_name, base_dir):
+    import comfy.model_management
+
+    base = server_base(
+        tmp_path_factory.mktemp("examples-base"), base_dir / "models" / "checkpoints" / sd15_checkpoint_name
+    )
+    model = sd15[0]
+    comfy.model_management.load_models_gpu([model])
+    write_demo_files(base, model.model.diffusion_model, model_architecture(model), image_size=64)
+    with running_server(base) as (port, _process):
+        yield port, base
+
+
+def test_every_node_type_of_every_example_is_registered(example_server):
+    port, _ = example_server
+    registered = set(call(port, "/object_info"))
+    for path in WORKFLOWS:
+        types = {node["type"] for node in json.loads(path.read_text())["nodes"]}
+        assert types - FRONTEND_ONLY <= registered, (path.name, types - FRONTEND_ONLY - registered)
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_runs(path, host, sd15, sd15_checkpoint_name, adapters_dir, demo_files):
+def test_example_runs_on_the_server(example_server, sd15_checkpoint_name, path):
+    port, base = example_server
     prompt = ui_to_api(json.loads(path.read_text()))
-    assert prompt == example_prompts()[path.stem]  # the UI form round-trips to the same prompt
-    # The same graph, only smaller: CPU-sized images and a few steps.
-    prompt = cpu_sized(prompt)
+    assert prompt == example_prompts(GPU)[path.stem]  # the UI form round-trips to the same prompt
+    # The same graph, only smaller: the demo's files on the test checkpoint, tiny images, a few steps.
+    prompt = cpu_sized(resized(prompt, GPU, CPU))
     for node in prompt.values():
-        if node["inputs"].get("ckpt_name") == DEMO_CHECKPOINT:
+        if node["inputs"].get("ckpt_name") == CPU.checkpoint:
             node["inputs"]["ckpt_name"] = sd15_checkpoint_name
-    result = host.run(prompt)
-    assert result.success, result.error() or result.validation_error
-    assert any(out.get("images") for out in result.ui["outputs"].values())
+    adapters_before = set((base / "models" / "adapters").rglob("*.safetensors"))
+    queued = post_prompt(port, prompt)
+    assert "prompt_id" in queued, queued
+    done = wait_for(port, queued["prompt_id"], limit=600)
+    errors = [m[1] for m in done["status"]["messages"] if m[0] == "execution_error"]
+    assert done["status"]["status_str"] == "success" and not errors, errors
+    images = [image for output in done["outputs"].values() for image in output.get("images", [])]
+    assert images and all((base / image["type"] / image["subfolder"] / image["filename"]).is_file() for image in images)
+    saves = [node for node in prompt.values() if node["class_type"] == "TapTuneSaveAdapter"]
+    written = set((base / "models" / "adapters").rglob("*.safetensors")) - adapters_before
+    assert len(written) == len(saves), written

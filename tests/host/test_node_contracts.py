@@ -68,6 +68,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "filename_prefix": "contract/lora",
         "dtype": "fp16",
     },
+    "TapTuneImageGrid": {"images": "@images", "labels": "first\nsecond"},
 }
 
 OUTPUT_OF = {"@model": ("ckpt", 0), "@clip": ("ckpt", 1), "@vae": ("ckpt", 2)}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from devtools.workflows import EXAMPLES, ui_to_api
+from devtools.workflows import CPU, EXAMPLES, GPU, resized, ui_to_api
 from taptune.adapter_core import TapAdapterSet, TapConfig, save_adapter_file
 from taptune.patching.model_access import model_architecture, model_sites
 
@@ -49,7 +49,7 @@ def test_loader_registers_every_node_with_descriptions_and_tooltips(server):
 
 def test_example_workflow_runs_over_http_and_errors_do_not_stop_the_server(server, sd15_checkpoint_name):
     port, _ = server
-    prompt = ui_to_api(json.loads((EXAMPLES / "load_tap_adapter.json").read_text()))
+    prompt = resized(ui_to_api(json.loads((EXAMPLES / "generate_with_adapter.json").read_text())), GPU, CPU)
     for node in prompt.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["inputs"]["ckpt_name"] = sd15_checkpoint_name
@@ -75,7 +75,7 @@ def test_example_workflow_runs_over_http_and_errors_do_not_stop_the_server(serve
     done = wait_for(port, call(port, "/prompt", {"prompt": prompt})["prompt_id"])
     assert done["status"]["status_str"] == "success"
     images = [img for out in done["outputs"].values() for img in out.get("images", [])]
-    assert images and images[0]["filename"].startswith("tap")
+    assert images and images[0]["filename"].startswith("with_adapter")
 
 
 def test_the_server_serves_every_nodes_help_page(server):

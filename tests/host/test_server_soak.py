@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 
 import pytest
 
 from devtools.demo_files import DEMO_IMAGES, DEMO_OFT, DEMO_TAP, write_demo_adapters, write_demo_images
-from devtools.workflows import example_prompts, ksampler
+from devtools.workflows import CPU, example_prompts, ksampler
 from taptune.patching.model_access import model_architecture
 
 from .cpu_sized import cpu_sized
@@ -55,7 +56,7 @@ def sample_graph(checkpoint: str, adapters: list[tuple[str, float]], seed: int) 
 
 def train_graph(checkpoint: str, steps: int, seed: int) -> dict:
     """The example DreamBooth tap workflow, CPU-sized."""
-    prompt = example_prompts(checkpoint)["train_dreambooth_tap"]
+    prompt = example_prompts(replace(CPU, checkpoint=checkpoint))["dreambooth_tap_attn2o_ffni"]
     return cpu_sized(prompt, steps=steps, seed=seed, checkpoint_every=0, validation_every=0)
 
 

@@ -23,7 +23,7 @@ export PYTHON
 PY      := $(PYTHON)
 endif
 
-.PHONY: host browser demo test test-core lint bench clean
+.PHONY: host browser manager demo test test-core lint bench clean
 
 host:  ## .venv/ and a real ComfyUI 0.3.75 in .host/ComfyUI/ (idempotent); with COMFYUI_DIR: only checks that ComfyUI and PYTHON
 	@bash devtools/host.sh
@@ -34,7 +34,10 @@ demo: host  ## a ComfyUI with this pack, a random demo checkpoint, a demo adapte
 browser:  ## Debian's chromium for the browser test (apt-get as root when missing; never downloads a browser)
 	@bash devtools/browser.sh
 
-test: host browser  ## the whole test suite (pure-torch core and real-ComfyUI host tests, the front end in chromium)
+manager: host  ## ComfyUI-Manager's cm-cli (comfyui-manager from PyPI) in .host/manager-site, for the install test
+	@bash devtools/manager.sh $(PY)
+
+test: host browser manager  ## the whole test suite (pure-torch core and real-ComfyUI host tests, the front end in chromium)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 test-core: host  ## only the pure-torch adapter_core tests

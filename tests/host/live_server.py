@@ -74,15 +74,15 @@ def server_base(base: Path, checkpoint: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_server(base: Path) -> Iterator[tuple[int, subprocess.Popen]]:
-    """ComfyUI's ``main.py`` on the CPU over ``base``; yields ``(port, process)`` once it answers."""
+def running_server(base: Path, comfy_dir: Path = COMFY_DIR) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``comfy_dir``'s ``main.py`` on the CPU over ``base``; yields ``(port, process)`` once it answers."""
     port = free_port()
     log_path = base / "server.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [
                 sys.executable,
-                str(COMFY_DIR / "main.py"),
+                str(comfy_dir / "main.py"),
                 "--cpu",
                 "--listen",
                 "127.0.0.1",

@@ -265,6 +265,8 @@ def test_the_templates_browser_lists_every_example_with_its_thumbnail_and_opens_
         arg=[len(stems), THUMBNAIL_WIDTH],
         timeout=30_000,
     )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "templates_browser.png"))
     page.evaluate("() => { window.__taptuneMissing = null; }")
     dialog.get_by_text("generate_with_adapter", exact=True).first.click()
     page.wait_for_function(

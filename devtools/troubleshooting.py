@@ -1,0 +1,204 @@
+"""``python -m devtools.troubleshooting``: docs/troubleshooting.md, every message the pack raises, with what to do.
+
+The list is read from the source (every construction of an error of the pack's family in
+``adapter_core/``, ``patching/``, ``training/`` and ``nodes/``), so a new message cannot be
+left out: ``tests/packaging/test_troubleshooting.py`` checks that the committed page is
+current and that every error class has advice. Parts of a message computed at run time (file
+names, values) show as ``…``.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "troubleshooting.md"
+ROOMS = ("adapter_core", "patching", "training", "nodes")
+FAMILY_ROOT = "TapTuneError"
+
+#: What to do, per error class; the headings users see are the first element.
+ADVICE: dict[str, tuple[str, str]] = {
+    "NodeInputError": (
+        "A node input is not what the node accepts",
+        "The message names the node and the input. Pick a value from the widget's list, or the range its "
+        "tooltip gives; file and folder inputs only accept names inside ComfyUI's folders (`models/adapters/`, "
+        "`input/`, `output/taptune/`). An API prompt may send anything: send what the node's help page lists.",
+    ),
+    "ConfigError": (
+        "A setting the method does not allow",
+        "A tap-point pair, an OFT block count, a target or a number outside its range. Use the spec nodes' "
+        "defaults (the papers' recipes) and change one value at a time; the node's help page lists every "
+        "allowed value.",
+    ),
+    "TapConfigError": (
+        "A tap-adapter setting the paper's design space does not allow",
+        "Only 20 (din, dout) pairs exist (docs/specification.md §1.3): the output position must come after the "
+        "input position inside one block. `attn2o` -> `ffni` is the paper's recipe.",
+    ),
+    "OFTConfigError": (
+        "An OFT setting that does not fit",
+        "r must divide every targeted layer's width (4 fits SD 1.x/2.x/SDXL attention layers); eps must be "
+        "positive (COFT); block_size, when set, must divide the width.",
+    ),
+    "AdapterFileError": (
+        "The file is not a readable adapter",
+        "It is damaged, truncated, not a TapTune (`taptune/1`) file, or larger than the limits that protect "
+        "the server. Re-download or re-save it; files of the papers' official code and of PEFT go through "
+        "the import nodes first (TapTune Import Official Adapters, TapTune Import OFT).",
+    ),
+    "ArchitectureMismatchError": (
+        "The adapter was made for another model",
+        "Load it on the checkpoint family it was trained on (the message names both); TapTune Adapter Info "
+        "shows what a file was made for. An SD 1.5 adapter does not fit SDXL or SD 2.x, and vice versa.",
+    ),
+    "UnsupportedModelError": (
+        "The MODEL is not one the pack can adapt",
+        "The pack adapts UNet models of the SD 1.x, SD 2.x and SDXL kind. Flux, SD3, video and other "
+        "transformer-only models are not supported.",
+    ),
+    "UnsupportedOperationError": (
+        "The adapter kind cannot do this",
+        "For example, tap adapters change activations, not weights, so they cannot be exported as a LoRA; "
+        "only OFT files can.",
+    ),
+    "TrainingInputError": (
+        "The training inputs do not fit together",
+        "Found before any step runs: no instance images, prompts that do not match the images, class images "
+        "missing while prior_loss_weight > 0, a resolution the model cannot use, or a resume checkpoint made "
+        "with other inputs. Fix the named input and queue again; nothing was changed.",
+    ),
+    "TrainingDivergedError": (
+        "Training diverged (NaN or infinite loss)",
+        "Lower learning_rate (0 = the paper's), use precision `fp32` or `bf16` instead of `fp16`, and keep "
+        "gradient_accumulation at 1 while testing. Nothing of the run was saved; the base model is unchanged.",
+    ),
+    "CheckpointWriteError": (
+        "A training checkpoint could not be written",
+        "The disk is full or `output/taptune/checkpoints/` is not writable. Free space or set checkpoint_every "
+        "to 0; the run stopped, and earlier checkpoints are intact.",
+    ),
+    "TapTuneError": (
+        "Other problems",
+        "The message says what was found and what was expected.",
+    ),
+}
+
+
+@dataclass(frozen=True, order=True)
+class RaisedMessage:
+    """One message the pack can raise: its class, text (``…`` for run-time parts), input and module."""
+
+    error: str
+    text: str
+    input_name: str
+    module: str
+
+
+def _python_files() -> list[Path]:
+    return sorted(p for room in ROOMS for p in (ROOT / room).rglob("*.py"))
+
+
+def family_classes(files: list[Path]) -> set[str]:
+    """Names of every class deriving (directly or not) from ``TapTuneError`` in ``files``."""
+    bases: dict[str, set[str]] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases[node.name] = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+    family = {FAMILY_ROOT}
+    while True:
+        grown = family | {name for name, parents in bases.items() if parents & family}
+        if grown == family:
+            return family
+        family = grown
+
+
+def _text(node: ast.expr | None) -> str:
+    """A message expression as text, run-time parts as ``…``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_text(part) if isinstance(part, ast.Constant) else "…" for part in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _text(node.left) + _text(node.right)
+    return "…"
+
+
+def _arguments(call: ast.Call, error: str) -> tuple[ast.expr | None, ast.expr | None]:
+    """(message, input name) expressions of an error construction."""
+    keywords = {k.arg: k.value for k in call.keywords}
+    positional = list(call.args)
+    if error == "NodeInputError":  # (node, input_name, message, file=None)
+        return (positional[2] if len(positional) > 2 else keywords.get("message")), (
+            positional[1] if len(positional) > 1 else keywords.get("input_name")
+        )
+    if error == "TrainingInputError":  # (input_name, message)
+        return (positional[1] if len(positional) > 1 else keywords.get("message")), (
+            positional[0] if positional else keywords.get("input_name")
+        )
+    return (positional[0] if positional else keywords.get("message")), keywords.get("input_name")
+
+
+def raised_messages() -> list[RaisedMessage]:
+    """Every message constructed for an error of the pack's family, with literal text (sorted)."""
+    files = _python_files()
+    family = family_classes(files)
+    found: set[RaisedMessage] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            if name not in family:
+                continue
+            message, input_name = _arguments(node, name)
+            text = " ".join(_text(message).split())
+            if not any(c.isalpha() for c in text):
+                continue  # a message passed on from elsewhere: listed where it is written
+            found.add(
+                RaisedMessage(
+                    name, text, _text(input_name) if input_name is not None else "", str(path.relative_to(ROOT))
+                )
+            )
+    return sorted(found)
+
+
+def render() -> str:
+    """The troubleshooting page."""
+    messages = raised_messages()
+    lines = [
+        "# Troubleshooting",
+        "",
+        "<!-- Generated by `python -m devtools.troubleshooting` from the source; do not edit by hand. -->",
+        "",
+        "Every error the pack reports appears in ComfyUI as the failed node's message, in this form:",
+        "",
+        "```",
+        "TapTuneLoadAdapter: input 'adapter_name': my_dog.safetensors: was made for SDXL (…) but the MODEL is SD15 (…)",
+        "```",
+        "",
+        "node, input, file (where one is concerned), then what was found and what was expected. Look the part",
+        "after the input up below (`…` stands for what the message fills in at run time). ComfyUI keeps",
+        "serving after any of these; the MODEL you connected is never changed by a failed node.",
+        "",
+        f"{len(messages)} messages, grouped by kind:",
+        "",
+    ]
+    for error, (heading, advice) in ADVICE.items():
+        group = [m for m in messages if m.error == error]
+        if not group:
+            continue
+        lines += [f"## {heading}", "", f"`{error}`. **What to do:** {advice}", "", "| message | input | raised in |"]
+        lines += ["|---|---|---|"]
+        for m in group:
+            text = m.text.replace("|", "\\|")
+            lines.append(f"| {text} | {m.input_name.replace('|', '/') or '(the node’s main input)'} | `{m.module}` |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    PAGE.write_text(render())
+    print(f"wrote {PAGE.relative_to(ROOT)}")

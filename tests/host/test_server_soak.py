@@ -4,12 +4,14 @@ Load, stack, train (few steps), cancel, sample and bad inputs (a corrupt adapter
 outside ComfyUI's folders, NaN numbers) take turns. Every good prompt must succeed, every bad one
 must fail with the pack's own message naming node and input, a cancelled run must end as
 ComfyUI's interruption, the server must answer between all of them, and its resident memory
-after the last prompt must stay within :data:`MEMORY_MARGIN` of the most it held during the first ten.
+after the last prompts must stay within :data:`MEMORY_MARGIN` of the most it held during the
+first :data:`WARM_UP`.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from dataclasses import replace
 
@@ -24,10 +26,12 @@ from .live_server import call, post_prompt, resident_bytes, running_server, serv
 from .refusals import assert_pack_refusal
 
 PROMPTS = 100
-#: Growth of the server's resident memory allowed between the 10th and the 100th prompt. The
-#: first ten load the checkpoint, the samplers and a training run once; what stays after that
-#: must be bounded (the allocator keeps some freed pages, so the bound is not zero).
+#: Growth of the server's resident memory allowed between the 30th and the 100th prompt. The
+#: first thirty (three rounds of every kind) warm up: measured, resident memory rose from 2.0 to
+#: 3.0 GiB over the first three training runs and then stayed within 2.8-3.0 GiB for the other
+#: seventy prompts (the allocator keeps the pages of the largest working set, so the bound is not zero).
 MEMORY_MARGIN = 300 * 2**20
+WARM_UP = 30
 CORRUPT = "corrupt.safetensors"
 
 
@@ -112,7 +116,8 @@ def test_a_hundred_mixed_prompts_keep_the_server_serving(soak_server, sd15_check
     ckpt = sd15_checkpoint_name
     kinds = ["sample", "load", "bad_file", "stack", "bad_path", "train", "bad_number", "load", "cancel", "sample"]
     outcomes: dict[str, int] = {}
-    memory_after_tenth = None
+    memory_after_warm_up = None
+    readings: list[int] = []
     for n in range(PROMPTS):
         kind = kinds[n % len(kinds)]
         if kind == "sample":
@@ -156,11 +161,15 @@ def test_a_hundred_mixed_prompts_keep_the_server_serving(soak_server, sd15_check
         assert process.poll() is None
         memory = resident_bytes(process.pid)
         print(f"prompt {n + 1:3d} {kind:10s} resident {memory / 2**20:7.0f} MiB")  # shown with -s
-        if n < 10:
-            # The highest of the first ten: under memory pressure ComfyUI may unload the model
+        if n < WARM_UP:
+            # The highest of the warm-up: under memory pressure ComfyUI may unload the model
             # between prompts, so a single reading can be low by the model's size.
-            memory_after_tenth = max(memory_after_tenth or 0, memory)
+            memory_after_warm_up = max(memory_after_warm_up or 0, memory)
+        readings.append(memory)
     assert sum(outcomes.values()) == PROMPTS
-    assert memory_after_tenth is not None
-    growth = resident_bytes(process.pid) - memory_after_tenth
-    assert growth < MEMORY_MARGIN, f"resident memory grew {growth / 2**20:.0f} MiB over 90 prompts"
+    assert memory_after_warm_up is not None
+    # The median of the last ten readings: single readings swing by about 120 MiB with the
+    # allocator's state (seen under CPU contention), a leak moves all of them.
+    growth = statistics.median(readings[-10:]) - memory_after_warm_up
+    print(f"growth after the warm-up: {growth / 2**20:.0f} MiB")
+    assert growth < MEMORY_MARGIN, f"resident memory grew {growth / 2**20:.0f} MiB over {PROMPTS - WARM_UP} prompts"

@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from devtools.comfy_host import COMFY_DIR, ROOT, import_pack, prepare_comfy
+from devtools.comfy_host import COMFY_DIR, ROOT, import_pack, init_nodes, prepare_comfy
 from devtools.workflows import CPU, DEMO_CHECKPOINT, EXAMPLES, write_workflows
 
 DEMO = ROOT / ".demo"
@@ -67,6 +67,7 @@ def copy_workflows(base: Path) -> list[Path]:
     folder = base / "user" / "default" / "workflows"
     for old in folder.glob("TapTune - *.json"):  # earlier demos' copies
         old.unlink()
+    init_nodes()  # the UI layout needs every node's definition
     return write_workflows(folder, CPU, "TapTune CPU - {stem}.json")
 
 

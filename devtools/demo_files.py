@@ -23,10 +23,17 @@ LORA_LAYERS = ("attn1.to_q", "attn1.to_v", "attn2.to_q", "attn2.to_v")
 
 
 def write_demo_files(base: Path, unet: torch.nn.Module, architecture: dict[str, Any], image_size: int = 256) -> None:
-    """Everything the CPU-sized examples name, in ComfyUI base folder ``base``, made for ``unet``."""
-    write_demo_adapters(base / "models" / "adapters", unet, architecture)
-    write_demo_lora(base / "models" / "loras" / DEMO_LORA, unet)
-    write_demo_images(base / "input" / DEMO_IMAGES, size=image_size)
+    """Everything the CPU-sized examples name, in ComfyUI base folder ``base``, made for ``unet``.
+
+    What exists already is kept (an earlier demo's files, or a user's own under these names).
+    """
+    adapters = base / "models" / "adapters"
+    if not ((adapters / DEMO_TAP).exists() or (adapters / DEMO_OFT).exists()):
+        write_demo_adapters(adapters, unet, architecture)
+    if not (base / "models" / "loras" / DEMO_LORA).exists():
+        write_demo_lora(base / "models" / "loras" / DEMO_LORA, unet)
+    if not (base / "input" / DEMO_IMAGES).exists():
+        write_demo_images(base / "input" / DEMO_IMAGES, size=image_size)
 
 
 def write_demo_lora(path: Path, unet: torch.nn.Module, rank: int = 4) -> None:

@@ -220,10 +220,14 @@ def latest_checkpoint(job_path: str | os.PathLike[str]) -> str | None:
 
 def prepare(base_directory: str | None, device: str) -> torch.device:
     """Import ComfyUI as a library for ``device`` (auto: a GPU when there is one); returns the training device."""
-    from devtools.comfy_host import prepare_comfy
+    from devtools.comfy_host import prepare_comfy, prepared_base
 
     from .distributed import launched_distributed, local_rank
 
+    if prepared_base() is not None:  # ComfyUI is imported once per process (a test, a sweep's next job)
+        import comfy.model_management
+
+        return comfy.model_management.get_torch_device()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda and launched_distributed():
         # Before ComfyUI's model management picks "the" GPU: each rank its own.

@@ -45,8 +45,9 @@ from taptune.adapter_core.errors import TapTuneError  # noqa: E402
 from taptune.adapter_core.safe_write import atomic_write  # noqa: E402
 from taptune.training.job_file import JOB_FILE, JOB_FORMAT, job_text, parse_job  # noqa: E402
 
+from .worker import RESULT_FILE, train_one  # noqa: E402
+
 PLAN_FORMAT = "taptune-sweep/1"
-RESULT_FILE = "result.json"
 COLUMNS = (
     "configuration",
     "subject",
@@ -132,7 +133,8 @@ def expand(plan_path: str | Path) -> list[PlannedJob]:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise PlanError("seeds must be a list of non-negative integers")
     shared = plan.get("settings", {}) or {}
-    planned = []
+    planned: list[PlannedJob] = []
+    entries: list[tuple[PlannedJob, dict[str, Any]]] = []
     for config_name, config in plan["configurations"].items():
         config_name = _name(config_name, "configurations")
         if not isinstance(config, dict) or "spec" not in config:
@@ -164,30 +166,15 @@ def expand(plan_path: str | Path) -> list[PlannedJob]:
                     "checkpoints": {"folder": "checkpoints", "resume_from": None},
                 }
                 try:
-                    parse_job(entry, job.job_file)  # every job checked before any runs
+                    parse_job(entry, job.job_file)
                 except TapTuneError as exc:
                     raise PlanError(f"job {job_id}: {exc.message}") from None
-                job.folder.mkdir(parents=True, exist_ok=True)
-                atomic_write(job.job_file, lambda tmp, e=entry: Path(tmp).write_text(job_text(e)), replace=True)
+                entries.append((job, entry))
+    # Every job is checked before any job file is written.
+    for job, entry in entries:
+        job.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(job.job_file, lambda tmp, e=entry: Path(tmp).write_text(job_text(e)), replace=True)
     return planned
-
-
-def _write_result(job_file: str, row: dict[str, Any]) -> None:
-    path = Path(job_file).parent / RESULT_FILE
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(row, indent=2) + "\n"), replace=True)
-
-
-def train_one(job_file: str, base_directory: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Run one job in this process (preparing ComfyUI once), record its result file; never raises for a bad job."""
-    from .train import prepare, run_job
-
-    prepare(base_directory, device)
-    try:
-        row = run_job(job_file, quiet=True)
-    except TapTuneError as exc:
-        row = {"job": job_file, "status": "failed", "error": str(exc)}
-    _write_result(job_file, row)
-    return row
 
 
 def run_local(jobs: list[PlannedJob], base_directory: str | None, device: str) -> list[dict[str, Any]]:

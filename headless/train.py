@@ -192,7 +192,14 @@ def run_job(
     per_step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else seconds
     if writes:
         adapter_file = trained.to_file()
-        atomic_write(job.adapter, lambda tmp: write_adapter_file(tmp, adapter_file))
+        try:
+            atomic_write(job.adapter, lambda tmp: write_adapter_file(tmp, adapter_file))
+        except FileExistsError:  # appeared while training: never replaced
+            raise JobFileError(
+                f"output.adapter {job.adapter} appeared during the run and was kept; this run's adapter was not written",
+                input_name="output",
+                file=str(job.path),
+            ) from None
     return {
         "job": str(job.path),
         "status": "done",

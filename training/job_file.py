@@ -98,6 +98,8 @@ def spec_to_json(spec: Any) -> dict[str, Any]:
                 for g in spec.groups
             ],
         }
+    if kind != "oft":  # a new kind needs its JSON form here (docs/architecture.md, "Adding an adapter kind")
+        raise JobFileError(f"job files cannot hold a {kind} spec yet", input_name="spec")
     return {
         "kind": "oft",
         "learning_rate": spec.learning_rate,

@@ -19,15 +19,26 @@ from .job_helpers import TAP_SPEC, write_image_folder
 OFT_SPEC = {"kind": "oft", "config": {"r": 4, "coft": True, "eps": 6e-5}, "targets": "attention"}
 
 
-def write_plan(folder: Path, checkpoint: Path, configurations: dict, seeds: list[int]) -> Path:
+def write_plan(
+    folder: Path, checkpoint: Path, configurations: dict, seeds: list[int], classes: dict | None = None
+) -> Path:
     write_image_folder(folder / "dog", 2)
+    subject = {"instance": {"folder": "dog", "prompt": "a photo of sks dog"}}
+    if classes is not None:
+        subject["class"] = classes
     plan = {
         "format": "taptune-sweep/1",
         "checkpoint": str(checkpoint),
         "output": "results",
-        "settings": {"steps": 2, "resolution": 64, "batch_size": 1, "prior_loss_weight": 0.0, "precision": "fp32"},
+        "settings": {
+            "steps": 2,
+            "resolution": 64,
+            "batch_size": 1,
+            "prior_loss_weight": 0.0 if classes is None else 1.0,
+            "precision": "fp32",
+        },
         "configurations": configurations,
-        "subjects": {"dog": {"instance": {"folder": "dog", "prompt": "a photo of sks dog"}}},
+        "subjects": {"dog": subject},
         "seeds": seeds,
     }
     path = folder / "plan.yaml"
@@ -41,11 +52,16 @@ def checkpoint(sd15_checkpoint_name: str, base_dir: Path) -> Path:
 
 
 def test_the_local_runner_runs_each_job_once_and_a_second_run_resumes(tmp_path, checkpoint):
-    plan = write_plan(tmp_path, checkpoint, {"tap8": {"spec": TAP_SPEC}}, seeds=[0, 1])
+    # With prior preservation from class images the job generates with the base model (cached next to the job).
+    generate = {"prompt": "a photo of dog", "generate": {"count": 1, "steps": 1, "width": 64, "height": 64}}
+    plan = write_plan(tmp_path, checkpoint, {"tap8": {"spec": TAP_SPEC}}, seeds=[0, 1], classes=generate)
     rows, ran = run_plan(plan, "local")
     assert [(j.configuration, j.seed) for j in ran] == [("tap8", 0), ("tap8", 1)]
     assert [r["status"] for r in rows] == ["done", "done"]
     first = {r["seed"]: r for r in rows}
+    for seed in (0, 1):
+        cached = list((tmp_path / "results" / "jobs" / f"tap8__dog__s{seed}" / "class_images").glob("*/class_*.png"))
+        assert [p.name for p in cached] == ["class_00000.png"]
     assert first[0]["adapter"] != first[1]["adapter"] and all(Path(r["adapter"]).is_file() for r in rows)
 
     # A job without its result (as if the sweep had stopped there) runs again; the finished one does not.

@@ -214,15 +214,19 @@ def run_job(
     }
 
 
-def latest_checkpoint(job_path: str | os.PathLike[str]) -> str | None:
-    """The newest checkpoint under the job's checkpoint folder (any run), for the failure message."""
+def latest_checkpoint(job_path: str | os.PathLike[str], since: float) -> str | None:
+    """The newest checkpoint this run wrote (modified after ``since``) under the job's folder, for the failure message.
+
+    The folder may be shared with other runs (output/taptune/checkpoints): older files are theirs.
+    """
     from taptune.training.job_file import read_job
 
     folder = read_job(job_path).settings.checkpoint_dir
     if not folder or not Path(folder).is_dir():
         return None
-    found = sorted(Path(folder).glob("*/step_*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return str(found[-1]) if found else None
+    found = [(p.stat().st_mtime, str(p)) for p in Path(folder).glob("*/step_*.ckpt")]
+    found = sorted(item for item in found if item[0] >= since)
+    return found[-1][1] if found else None
 
 
 def prepare(base_directory: str | None, device: str) -> torch.device:
@@ -270,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, terminated)
+    started = time.time()
     try:
         if launched_distributed():
             sync = start_process_group(device, args.timeout)
@@ -287,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
             else f"the process group failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}): "
             f"another rank stopped, or a collective waited longer than --timeout {args.timeout:g} s"
         )
-        last = latest_checkpoint(args.job)
+        last = latest_checkpoint(args.job, started)
         print(
             f"TapTune headless: rank {rank} of {world}: {reason}. The run stopped without writing the adapter; "
             + (
                 f"the last checkpoint {last} is intact: continue with --resume {last} (under any number of processes)."
                 if last
-                else "there is no checkpoint to resume (set checkpoints with checkpoint_every)."
+                else "it wrote no checkpoint to resume (set checkpoint_every in the job's settings)."
             ),
             file=sys.stderr,
             flush=True,

@@ -23,7 +23,7 @@ export PYTHON
 PY      := $(PYTHON)
 endif
 
-.PHONY: host browser manager demo test test-core lint bench clean
+.PHONY: host browser manager demo test test-core lint bench gpu-check clean
 
 host:  ## .venv/ and a real ComfyUI 0.3.75 in .host/ComfyUI/ (idempotent); with COMFYUI_DIR: only checks that ComfyUI and PYTHON
 	@bash devtools/host.sh
@@ -49,6 +49,9 @@ lint: host
 
 bench: host  ## the benchmarks of bench/ (minutes; writes bench/results/)
 	@$(PY) -m bench.run_all
+
+gpu-check:  ## on one NVIDIA GPU (no network, nothing built): CUDA checks and the SD 1.5 training benchmark (< 8 min; writes bench/results/gpu_check.*)
+	@$(PY) -m devtools.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache

@@ -54,6 +54,11 @@ def import_pack(name: str = PACK_MODULE) -> ModuleType:
     return module
 
 
+def prepared_base() -> str | None:
+    """The base directory ComfyUI was prepared with in this process, or None if it was not."""
+    return _prepared.get("base")
+
+
 def prepare_comfy(base_directory: str | os.PathLike[str], cpu: bool = True) -> None:
     """Make ComfyUI importable with its folders under ``base_directory``; once per process."""
     if _prepared:

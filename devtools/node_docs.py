@@ -19,6 +19,7 @@ DOCS = ROOT / "web" / "docs"
 #: ComfyUI's own lists (which grow with every release), so the pages stay the same on any host.
 FILE_CHOICES = {
     "adapter_name": "an adapter file in `models/adapters/`",
+    "ckpt_name": "a checkpoint file in `models/checkpoints/`",
     "resume_from": "`none` or a checkpoint in `output/taptune/checkpoints/`",
     "folder": "a subfolder of ComfyUI's `input/` folder",
     "sampler_name": "ComfyUI's samplers (as in KSampler)",

@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .class_images import TapTuneClassImages
 from .common import register_model_folder
+from .export_job import TapTuneExportTrainingJob
 from .image_folder import TapTuneLoadImageFolder
 from .image_grid import TapTuneImageGrid
 from .load_adapter import TapTuneAdapterInfo, TapTuneLoadAdapter
@@ -33,6 +34,7 @@ def node_classes() -> list[type[io.ComfyNode]]:
         TapTuneDreamBoothTrain,
         TapTuneSaveAdapter,
         TapTuneImageGrid,
+        TapTuneExportTrainingJob,
     ]
 
 

@@ -13,13 +13,11 @@ from comfy_api.v0_0_2 import io
 
 from ..adapter_core.registry import kind_of_spec
 from ..patching.apply import apply_adapter_set
-from ..patching.model_access import model_architecture
 from ..training.images import RESIZE_MODES, flatten_images
 from ..training.optimisation import OPTIMIZERS
+from ..training.run import run_dreambooth
 from ..training.schedule import SCHEDULES
 from ..training.settings import PRECISIONS, TrainSettings
-from ..training.trained_adapter import TrainedAdapter
-from ..training.trainer import DreamBoothTrainer
 from ..training.visuals import loss_curve, to_image_tensor
 from .common import (
     CATEGORY_TRAIN,
@@ -65,11 +63,11 @@ def checkpoint_choices() -> list[str]:
     return [NO_RESUME] + [name for _, name in sorted(found, reverse=True)]
 
 
-def resume_path(value: object) -> str | None:
+def resume_path(value: object, node: str = NODE) -> str | None:
     """The checkpoint file a ``resume_from`` value names, only inside the checkpoint folder."""
     if value is None or value == NO_RESUME:
         return None
-    refusal = NodeInputError(NODE, "resume_from", "must be one of the checkpoints listed (output/taptune/checkpoints)")
+    refusal = NodeInputError(node, "resume_from", "must be one of the checkpoints listed (output/taptune/checkpoints)")
     if not isinstance(value, str) or "\x00" in value or len(value) > 1024 or not value.endswith(".ckpt"):
         raise refusal
     root = checkpoint_root()
@@ -90,26 +88,26 @@ def _first(value: Any, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def _setting(name: str, default: Any, value: Any) -> Any:
+def _setting(name: str, default: Any, value: Any, node: str = NODE) -> Any:
     """A widget value as its setting's type, refusing what is not (ComfyUI lets API prompts send anything)."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise NodeInputError(NODE, name, f"must be true or false, got {str(value)[:40]}")
+            raise NodeInputError(node, name, f"must be true or false, got {str(value)[:40]}")
         return value
     if isinstance(default, int):
         return bounded_integer(value, name, -(2**63), 2**63 - 1)
     if isinstance(default, float):
         return bounded_number(value, name, -1e30, 1e30)
     if not isinstance(value, str):
-        raise NodeInputError(NODE, name, f"must be text, got {type(value).__name__}")
+        raise NodeInputError(node, name, f"must be text, got {type(value).__name__}")
     return value
 
 
-def _settings(values: dict[str, Any]) -> TrainSettings:
+def training_settings(values: dict[str, Any], node: str = NODE) -> TrainSettings:
     """The run's settings from the node's widget values; what a widget leaves out keeps its default."""
     own = {"learning_rate", "checkpoint_dir", "resume_from"}
     given = {
-        f.name: _setting(f.name, f.default, values[f.name])
+        f.name: _setting(f.name, f.default, values[f.name], node)
         for f in fields(TrainSettings)
         if f.name not in own and values.get(f.name) is not None
     }
@@ -119,8 +117,156 @@ def _settings(values: dict[str, Any]) -> TrainSettings:
         **given,
         learning_rate=rate or None,  # 0: the spec kind's paper rate
         checkpoint_dir=str(checkpoint_root()),
-        resume_from=resume_path(values.get("resume_from")),
+        resume_from=resume_path(values.get("resume_from"), node),
     )
+
+
+def training_inputs() -> list[io.Input]:
+    """The inputs of a training run, as TapTuneDreamBoothTrain offers them (TapTuneExportTrainingJob takes the same)."""
+    return [
+        io.Model.Input("model", tooltip="The checkpoint's MODEL (SD 1.x, SD 2.x or SDXL) to personalise."),
+        io.Clip.Input("clip", tooltip="The checkpoint's CLIP, to encode the prompts (once)."),
+        io.Vae.Input("vae", tooltip="The checkpoint's VAE, to encode the images (once)."),
+        TapTuneSpec.Input("spec", tooltip="What to train: TapTuneTapSpec or TapTuneOFTSpec."),
+        io.Image.Input("instance_images", tooltip="A few images of the subject or style."),
+        io.String.Input(
+            "instance_prompt",
+            default="a photo of sks dog",
+            multiline=True,
+            tooltip="One prompt for all instance images, or one line per image (in image order).",
+        ),
+        io.String.Input("class_prompt", default="a photo of dog", tooltip="The prompt of the class images."),
+        io.Float.Input(
+            "prior_loss_weight",
+            default=1.0,
+            min=0.0,
+            max=10.0,
+            step=0.05,
+            tooltip="Weight of the class loss; 0 turns prior preservation off.",
+        ),
+        io.Int.Input("steps", default=400, min=1, max=100000, tooltip="Optimiser steps."),
+        io.Float.Input(
+            "learning_rate",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=1e-6,
+            tooltip="0 = the paper's rate for the spec: 1e-4 for tap adapters, 6e-5 for OFT.",
+        ),
+        io.Int.Input(
+            "batch_size",
+            default=1,
+            min=1,
+            max=64,
+            tooltip="Instance images per step (and as many class images).",
+        ),
+        io.Int.Input(
+            "seed",
+            default=0,
+            min=0,
+            max=2**63 - 1,
+            tooltip="Seeds initialisation, data order, noise and timesteps.",
+        ),
+        io.Image.Input("class_images", optional=True, tooltip="Prior-preservation images (TapTuneClassImages)."),
+        io.Int.Input(
+            "resolution",
+            default=512,
+            min=64,
+            max=4096,
+            step=64,
+            optional=True,
+            tooltip="Training size (center_crop, buckets).",
+        ),
+        io.Combo.Input(
+            "resize_mode",
+            options=list(RESIZE_MODES),
+            default="center_crop",
+            optional=True,
+            tooltip="center_crop: square crops; buckets: nearest aspect-ratio bucket; none: as given (one common size).",
+        ),
+        io.Int.Input(
+            "gradient_accumulation",
+            default=1,
+            min=1,
+            max=1024,
+            optional=True,
+            tooltip="Micro-batches per optimiser step.",
+        ),
+        io.Combo.Input(
+            "lr_schedule",
+            options=list(SCHEDULES),
+            default="constant",
+            optional=True,
+            tooltip="Learning-rate schedule after warm-up.",
+        ),
+        io.Int.Input("warmup_steps", default=0, min=0, max=100000, optional=True, tooltip="Linear warm-up steps."),
+        io.Combo.Input(
+            "optimizer",
+            options=list(OPTIMIZERS),
+            default="adamw",
+            optional=True,
+            tooltip="The optimiser of the adapter parameters.",
+        ),
+        io.Float.Input(
+            "weight_decay",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip="Decoupled weight decay (AdamW) or L2.",
+        ),
+        io.Combo.Input(
+            "precision",
+            options=list(PRECISIONS),
+            default="auto",
+            optional=True,
+            tooltip="Autocast dtype; adapters keep fp32 master weights. auto: bf16 (or fp16 with loss scaling) on GPUs, fp32 on CPU.",
+        ),
+        io.Boolean.Input(
+            "gradient_checkpointing",
+            default=False,
+            optional=True,
+            tooltip="Recompute block activations in backward: less memory, ~30 % slower.",
+        ),
+        io.Int.Input(
+            "checkpoint_every",
+            default=0,
+            min=0,
+            max=100000,
+            optional=True,
+            tooltip="Write a resumable checkpoint every N steps (0: off).",
+        ),
+        io.Combo.Input(
+            "resume_from",
+            options=checkpoint_choices(),
+            default=NO_RESUME,
+            optional=True,
+            tooltip="Continue a run from one of its checkpoints (output/taptune/checkpoints).",
+        ),
+        io.String.Input(
+            "validation_prompt",
+            default="",
+            optional=True,
+            tooltip="Sampled as a preview while training (empty: no previews).",
+        ),
+        io.Int.Input(
+            "validation_every",
+            default=0,
+            min=0,
+            max=100000,
+            optional=True,
+            tooltip="Preview every N steps (0: off).",
+        ),
+        io.Int.Input(
+            "validation_steps",
+            default=20,
+            min=1,
+            max=200,
+            optional=True,
+            tooltip="Sampler steps of each preview.",
+        ),
+    ]
 
 
 class TapTuneDreamBoothTrain(io.ComfyNode):
@@ -140,154 +286,7 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
                 "step and hands on the adapter of the last completed step. Outputs the adapted MODEL, the adapter (for "
                 "TapTuneSaveAdapter) and the loss curve. The input MODEL is never changed."
             ),
-            inputs=[
-                io.Model.Input("model", tooltip="The checkpoint's MODEL (SD 1.x, SD 2.x or SDXL) to personalise."),
-                io.Clip.Input("clip", tooltip="The checkpoint's CLIP, to encode the prompts (once)."),
-                io.Vae.Input("vae", tooltip="The checkpoint's VAE, to encode the images (once)."),
-                TapTuneSpec.Input("spec", tooltip="What to train: TapTuneTapSpec or TapTuneOFTSpec."),
-                io.Image.Input("instance_images", tooltip="A few images of the subject or style."),
-                io.String.Input(
-                    "instance_prompt",
-                    default="a photo of sks dog",
-                    multiline=True,
-                    tooltip="One prompt for all instance images, or one line per image (in image order).",
-                ),
-                io.String.Input("class_prompt", default="a photo of dog", tooltip="The prompt of the class images."),
-                io.Float.Input(
-                    "prior_loss_weight",
-                    default=1.0,
-                    min=0.0,
-                    max=10.0,
-                    step=0.05,
-                    tooltip="Weight of the class loss; 0 turns prior preservation off.",
-                ),
-                io.Int.Input("steps", default=400, min=1, max=100000, tooltip="Optimiser steps."),
-                io.Float.Input(
-                    "learning_rate",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=1e-6,
-                    tooltip="0 = the paper's rate for the spec: 1e-4 for tap adapters, 6e-5 for OFT.",
-                ),
-                io.Int.Input(
-                    "batch_size",
-                    default=1,
-                    min=1,
-                    max=64,
-                    tooltip="Instance images per step (and as many class images).",
-                ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=2**63 - 1,
-                    tooltip="Seeds initialisation, data order, noise and timesteps.",
-                ),
-                io.Image.Input(
-                    "class_images", optional=True, tooltip="Prior-preservation images (TapTuneClassImages)."
-                ),
-                io.Int.Input(
-                    "resolution",
-                    default=512,
-                    min=64,
-                    max=4096,
-                    step=64,
-                    optional=True,
-                    tooltip="Training size (center_crop, buckets).",
-                ),
-                io.Combo.Input(
-                    "resize_mode",
-                    options=list(RESIZE_MODES),
-                    default="center_crop",
-                    optional=True,
-                    tooltip="center_crop: square crops; buckets: nearest aspect-ratio bucket; none: as given (one common size).",
-                ),
-                io.Int.Input(
-                    "gradient_accumulation",
-                    default=1,
-                    min=1,
-                    max=1024,
-                    optional=True,
-                    tooltip="Micro-batches per optimiser step.",
-                ),
-                io.Combo.Input(
-                    "lr_schedule",
-                    options=list(SCHEDULES),
-                    default="constant",
-                    optional=True,
-                    tooltip="Learning-rate schedule after warm-up.",
-                ),
-                io.Int.Input(
-                    "warmup_steps", default=0, min=0, max=100000, optional=True, tooltip="Linear warm-up steps."
-                ),
-                io.Combo.Input(
-                    "optimizer",
-                    options=list(OPTIMIZERS),
-                    default="adamw",
-                    optional=True,
-                    tooltip="The optimiser of the adapter parameters.",
-                ),
-                io.Float.Input(
-                    "weight_decay",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip="Decoupled weight decay (AdamW) or L2.",
-                ),
-                io.Combo.Input(
-                    "precision",
-                    options=list(PRECISIONS),
-                    default="auto",
-                    optional=True,
-                    tooltip="Autocast dtype; adapters keep fp32 master weights. auto: bf16 (or fp16 with loss scaling) on GPUs, fp32 on CPU.",
-                ),
-                io.Boolean.Input(
-                    "gradient_checkpointing",
-                    default=False,
-                    optional=True,
-                    tooltip="Recompute block activations in backward: less memory, ~30 % slower.",
-                ),
-                io.Int.Input(
-                    "checkpoint_every",
-                    default=0,
-                    min=0,
-                    max=100000,
-                    optional=True,
-                    tooltip="Write a resumable checkpoint every N steps (0: off).",
-                ),
-                io.Combo.Input(
-                    "resume_from",
-                    options=checkpoint_choices(),
-                    default=NO_RESUME,
-                    optional=True,
-                    tooltip="Continue a run from one of its checkpoints (output/taptune/checkpoints).",
-                ),
-                io.String.Input(
-                    "validation_prompt",
-                    default="",
-                    optional=True,
-                    tooltip="Sampled as a preview while training (empty: no previews).",
-                ),
-                io.Int.Input(
-                    "validation_every",
-                    default=0,
-                    min=0,
-                    max=100000,
-                    optional=True,
-                    tooltip="Preview every N steps (0: off).",
-                ),
-                io.Int.Input(
-                    "validation_steps",
-                    default=20,
-                    min=1,
-                    max=200,
-                    optional=True,
-                    tooltip="Sampler steps of each preview.",
-                ),
-            ],
+            inputs=training_inputs(),
             outputs=[
                 io.Model.Output(
                     display_name="MODEL", tooltip="The input model with the trained adapter, ready for KSampler."
@@ -309,7 +308,7 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
         values = {k: _first(v) for k, v in inputs.items() if k not in ("instance_images", "class_images")}
         model, clip, vae, spec = (values.get(k) for k in ("model", "clip", "vae", "spec"))
         with node_errors(NODE, "spec"):
-            settings = _settings(values)
+            settings = training_settings(values)
             kind_of_spec(spec)
         node_id = _first(cls.hidden.unique_id)
         bar = comfy.utils.ProgressBar(settings.steps, node_id=node_id)
@@ -319,7 +318,7 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
             _progress_text(f"step {step}/{total}  loss {loss:.5f}", node_id)
 
         with node_errors(NODE, "spec"):
-            trainer = DreamBoothTrainer(
+            result, trained = run_dreambooth(
                 model,
                 clip,
                 vae,
@@ -331,23 +330,8 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
                 settings,
                 report,
             )
-            result = trainer.run()
         if result.cancelled:
             _incomplete_runs += 1
-        info = {
-            "trigger_word": result.trigger_word,
-            "class_word": result.class_word,
-            "steps": result.steps_done,
-            "final_loss": result.final_loss,
-            "learning_rate": result.learning_rate,
-            "training": result.spec,
-            "instance_prompt": values.get("instance_prompt", ""),
-            "class_prompt": values.get("class_prompt", ""),
-            "prior_loss_weight": settings.prior_loss_weight,
-        }
-        if result.cancelled:
-            info["cancelled_at_step"] = result.steps_done
-        trained = TrainedAdapter(result.adapter_set, model_architecture(model), info)
         adapted = apply_adapter_set(model, result.adapter_set, 1.0)
         curve = to_image_tensor(
             loss_curve(result.losses, title="DreamBooth loss" + (" (cancelled)" if result.cancelled else ""))

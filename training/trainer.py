@@ -11,6 +11,11 @@ Nothing of the run stays in the model: the training clone is unloaded in ``final
 removes its patches) and the base weights' ``requires_grad`` flags are put back. Cancel
 (ComfyUI's interrupt) ends the run after the last completed step, whose adapter is returned.
 A checkpoint that cannot be written stops the run with :class:`CheckpointWriteError`.
+
+The same trainer runs inside ComfyUI's executor (``TapTuneDreamBoothTrain``), headless and
+data-parallel (``headless/``): a :class:`~.sync.GradientSync` says which rows of each global
+batch this process computes and averages the adapter gradients; the default,
+:class:`~.sync.SingleProcess`, does nothing, so the node's run is exactly the single-process loop.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from .run_result import TrainResult, frozen_except
 from .run_state import RunState
 from .schedule import LearningRateSchedule
 from .settings import TrainSettings, check_settings, resolve_precision
+from .sync import GradientSync, SingleProcess
 from .visuals import sample_images, to_pil
 
 log = logging.getLogger("taptune.training")
@@ -73,14 +79,21 @@ class DreamBoothTrainer:
         class_images: list[torch.Tensor] | None,
         settings: TrainSettings,
         report: Reporter | None = None,
+        sync: GradientSync | None = None,
     ) -> None:
         kind_of_spec(spec)  # a spec of a registered kind, or ConfigError naming the input
         self.model, self.clip, self.vae, self.spec = model, clip, vae, spec
         self.settings = settings
         self.report = report or (lambda *args: None)
+        self.sync: GradientSync = sync if sync is not None else SingleProcess()
         self.device = model.load_device
         self.lr = settings.learning_rate or spec.learning_rate
         check_settings(settings, self.lr)
+        if settings.batch_size % self.sync.world_size:
+            raise TrainingInputError(
+                "batch_size",
+                f"the batch ({settings.batch_size}) must divide evenly among {self.sync.world_size} processes",
+            )
         check_data(settings, instance_images, instance_prompt, class_prompt, class_images)
         self.generator = torch.Generator().manual_seed(int(settings.seed))
         self.checkpoints: list[str] = []
@@ -153,7 +166,11 @@ class DreamBoothTrainer:
                         if s.checkpoint_every and step % s.checkpoint_every == 0:
                             self._checkpoint(data, step, losses, optimisation)
                         preview = None
-                        if data.validation is not None and (step % s.validation_every == 0 or step == total):
+                        if (
+                            data.validation is not None
+                            and self.sync.writes_files
+                            and (step % s.validation_every == 0 or step == total)
+                        ):
                             preview = self._preview(train_model, data.validation)
                         self.report(step, total, loss, preview)
             except comfy.model_management.InterruptProcessingException:
@@ -251,6 +268,9 @@ class DreamBoothTrainer:
             scaled = loss / s.gradient_accumulation
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
             total += float(loss.detach()) / s.gradient_accumulation
+        # Data parallel: one step per global batch, on the gradient of the whole batch (no-op alone).
+        self.sync.average_gradients(self.spec.trainable(self.adapter_set, optimisation.phase))
+        total = self.sync.average(total)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -278,17 +298,32 @@ class DreamBoothTrainer:
             sigma = sample_sigmas(sampling, latents.shape[0], self.generator).to(self.device)
             noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
             x_t = noisy_latents(sampling, sigma, noise, latents)
+            counts = [batches[n].latents.shape[0] for n in group]
+            if self.sync.world_size > 1:
+                # Every process drew the whole batch (same random state everywhere); each computes its rows.
+                rows = self._rows(counts)
+                latents, sigma, x_t = latents[rows], sigma[rows], x_t[rows]
+                prompts = [prompts[i] for i in rows.tolist()]
+                counts = [len(range(count)[self.sync.shard(count)]) for count in counts]
             inputs = conds.batch(prompts, tuple(latents.shape[1:]))
             options = dict(model.model_options.get("transformer_options", {}))
             with self._autocast():
                 denoised = model.model.apply_model(x_t, sigma, transformer_options=options, **inputs)
             error = prediction_error(sampling, sigma, x_t, denoised, latents)
             offset = 0
-            for n in group:
-                count = batches[n].latents.shape[0]
+            for n, count in zip(group, counts, strict=True):
                 errors[n] = error[offset : offset + count]
                 offset += count
         return prior_preservation_loss(errors["instance"], errors.get("class"), self.settings.prior_loss_weight)
+
+    def _rows(self, counts: list[int]) -> torch.Tensor:
+        """Indices of this process's rows in a concatenation of pool batches of ``counts`` samples."""
+        rows: list[int] = []
+        offset = 0
+        for count in counts:
+            rows += [offset + i for i in range(count)[self.sync.shard(count)]]
+            offset += count
+        return torch.tensor(rows, dtype=torch.long)
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -298,7 +333,7 @@ class DreamBoothTrainer:
     # -- checkpoints, resume and previews --------------------------------------------------------------
 
     def _checkpoint(self, data: RunData, step: int, losses: list[float], optimisation: PhaseOptimisation) -> None:
-        if not self.settings.checkpoint_dir:
+        if not self.settings.checkpoint_dir or not self.sync.writes_files:
             return
         path = Path(self.settings.checkpoint_dir) / data.run_key / f"step_{step:06d}.ckpt"
         state = RunState(

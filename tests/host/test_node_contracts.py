@@ -51,6 +51,21 @@ CONTRACT: dict[str, dict[str, object]] = {
         "seed": 0,
     },
     "TapTuneSaveAdapter": {"adapter": "@adapter", "filename_prefix": "contract/adapter"},
+    "TapTuneExportTrainingJob": {
+        "ckpt_name": "CHECKPOINT",  # the test checkpoint's name, filled in by contract_prompt
+        "model": "@model",
+        "clip": "@clip",
+        "vae": "@vae",
+        "spec": "@spec",
+        "instance_images": "@images",
+        "instance_prompt": "a photo of sks dog",
+        "class_prompt": "a photo of a dog",
+        "prior_loss_weight": 0.0,
+        "steps": 1,
+        "learning_rate": 1e-4,
+        "batch_size": 1,
+        "seed": 0,
+    },
     "TapTuneImportOfficialAdapters": {
         "directory": "contract_official",
         "config": "",
@@ -122,6 +137,8 @@ def contract_prompt(node_id: str, checkpoint: str) -> dict[str, dict]:
     cls = nodes.NODE_CLASS_MAPPINGS[node_id]
     prompt = _shared(checkpoint)
     prompt["node"] = {"class_type": node_id, "inputs": _inputs(node_id)}
+    if prompt["node"]["inputs"].get("ckpt_name") == "CHECKPOINT":
+        prompt["node"]["inputs"]["ckpt_name"] = checkpoint
     if not getattr(cls, "OUTPUT_NODE", False):
         prompt.update(_consumers("node", list(cls.RETURN_TYPES)))
     # Keep only what the node and its consumers reach (ComfyUI would run unreachable outputs too).

@@ -1,0 +1,66 @@
+"""One DreamBooth run from inputs to a trained adapter: what the node and the headless runner both call.
+
+``TapTuneDreamBoothTrain`` (in the graph) and ``headless/train.py`` (a job file, alone or under
+``torchrun``) differ only in where their inputs come from and where the adapter goes; the run
+itself, and the facts a shared adapter file records about it, are made here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..patching.model_access import model_architecture
+from .run_result import TrainResult
+from .settings import TrainSettings
+from .sync import GradientSync
+from .trained_adapter import TrainedAdapter
+from .trainer import DreamBoothTrainer, Reporter
+
+
+def run_dreambooth(
+    model: Any,
+    clip: Any,
+    vae: Any,
+    spec: Any,
+    instance_images: list[torch.Tensor],
+    instance_prompt: str,
+    class_prompt: str,
+    class_images: list[torch.Tensor] | None,
+    settings: TrainSettings,
+    report: Reporter | None = None,
+    sync: GradientSync | None = None,
+) -> tuple[TrainResult, TrainedAdapter]:
+    """Train ``spec`` on ``model`` with prior preservation; the run's result and the adapter to save.
+
+    Raises the pack's training errors (each naming the input at fault) as the trainer does.
+    """
+    trainer = DreamBoothTrainer(
+        model,
+        clip,
+        vae,
+        spec,
+        instance_images,
+        instance_prompt,
+        class_prompt,
+        class_images,
+        settings,
+        report,
+        sync,
+    )
+    result = trainer.run()
+    info = {
+        "trigger_word": result.trigger_word,
+        "class_word": result.class_word,
+        "steps": result.steps_done,
+        "final_loss": result.final_loss,
+        "learning_rate": result.learning_rate,
+        "training": result.spec,
+        "instance_prompt": instance_prompt,
+        "class_prompt": class_prompt,
+        "prior_loss_weight": settings.prior_loss_weight,
+    }
+    if result.cancelled:
+        info["cancelled_at_step"] = result.steps_done
+    return result, TrainedAdapter(result.adapter_set, model_architecture(model), info)

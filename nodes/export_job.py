@@ -12,6 +12,7 @@ from comfy_api.v0_0_2 import io, ui
 
 from ..adapter_core.registry import kind_of_spec
 from ..adapter_core.safe_write import atomic_write, next_number, numbered_path
+from ..patching.model_source import check_loaded_from, check_unpatched
 from ..training.images import flatten_images
 from ..training.job_file import JOB_FILE, job_text, job_to_json
 from ..training.run_data import check_data
@@ -38,45 +39,6 @@ def _checkpoint_file(value: object) -> Path:
     if full is None or not os.path.isfile(full):
         raise NodeInputError(NODE, "ckpt_name", f"{str(value)[:200]!r} is not a checkpoint in models/checkpoints")
     return Path(full).resolve()
-
-
-def _check_unpatched(model: Any, clip: Any) -> None:
-    """A job reloads the bare checkpoint: a MODEL or CLIP carrying patches (LoRAs, adapters) would be lost."""
-    for name, patcher in (("model", model), ("clip", getattr(clip, "patcher", None))):
-        if patcher is None:
-            continue
-        if getattr(patcher, "patches", None) or getattr(patcher, "object_patches", None):
-            raise NodeInputError(
-                NODE,
-                name,
-                "carries patches (a LoRA or adapter applied): a job loads the checkpoint file alone; connect the "
-                "checkpoint loader's output directly",
-            )
-
-
-def _check_same_weights(model: Any, checkpoint: Path) -> None:
-    """The MODEL must come from ``checkpoint``: its first UNet weight is compared with the file's (safetensors only)."""
-    if checkpoint.suffix.lower() != ".safetensors":
-        return
-    from safetensors import safe_open
-
-    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if diffusion_model is None:
-        return
-    name, weight = next(iter(diffusion_model.named_parameters()))
-    try:
-        with safe_open(str(checkpoint), framework="pt") as handle:
-            key = f"model.diffusion_model.{name}"
-            stored_names = handle.keys()
-            if key not in stored_names:
-                return  # a layout the comparison cannot follow; the stock loader still checks the file
-            stored = handle.get_tensor(key)
-    except (OSError, RuntimeError, ValueError):
-        raise NodeInputError(NODE, "ckpt_name", "cannot be read as a safetensors checkpoint") from None
-    if stored.shape != weight.shape or not torch.equal(stored.to(weight.dtype), weight.detach().cpu()):
-        raise NodeInputError(
-            NODE, "ckpt_name", "is not the checkpoint the connected MODEL was loaded from (its weights differ)"
-        )
 
 
 def _write_images(folder: Path, stem: str, images: list[torch.Tensor]) -> int:
@@ -165,8 +127,9 @@ class TapTuneExportTrainingJob(io.ComfyNode):
             check_settings(settings, settings.learning_rate)
             check_data(settings, instance, values.get("instance_prompt"), values.get("class_prompt"), classes)
         checkpoint = _checkpoint_file(values.get("ckpt_name"))
-        _check_unpatched(model, clip)
-        _check_same_weights(model, checkpoint)
+        with node_errors(NODE, "model"):
+            check_unpatched(model, clip)
+            check_loaded_from(model, checkpoint)
         folder, adapter = _new_job_folder(values.get("filename_prefix", "taptune/job"))
         rounded = _write_images(folder / "instance", "instance", instance)
         with_classes = settings.prior_loss_weight > 0 and classes is not None

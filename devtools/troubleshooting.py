@@ -79,6 +79,12 @@ ADVICE: dict[str, tuple[str, str]] = {
         "The disk is full or `output/taptune/checkpoints/` is not writable. Free space or set checkpoint_every "
         "to 0; the run stopped, and earlier checkpoints are intact.",
     ),
+    "JobFileError": (
+        "A training job file is not one the headless runner accepts",
+        "The message names the field of `job.json` at fault (docs/distributed.md has the format "
+        "`taptune-job/1`). Export the job again with TapTune Export Training Job, or fix the field; paths in a "
+        "job are relative to its folder except the checkpoint, the adapter and the checkpoint folder.",
+    ),
     "TapTuneError": (
         "Other problems",
         "The message says what was found and what was expected.",

@@ -19,14 +19,29 @@ from .weight_export import original_weight_of
 CHECKPOINT_PREFIX = "model."
 
 
-def check_unpatched(model: Any, clip: Any) -> None:
-    """Refuse a MODEL or CLIP carrying patches (LoRAs, adapters): a job loads the checkpoint file alone.
+def _carries_user_patches(patcher: Any, unet: bool) -> bool:
+    """Whether LoRA, adapter or other user patches sit on ``patcher``.
 
-    ComfyUI: ``ModelPatcher.patches`` (weight patches) and ``object_patches`` are empty on what
-    the stock loaders return; any LoRA or adapter node adds entries to its clone's.
+    ComfyUI: LoRAs and weight-changing adapters are ``ModelPatcher.patches`` (weight patches);
+    module replacements inside the UNet are object patches under ``diffusion_model.``; tap
+    hooks are ``transformer_options`` patches. The stock loaders add object patches of their own
+    outside the UNet in some versions (``manual_cast_dtype``, ``model_sampling``): a reload of
+    the same file makes those again, so they do not count.
     """
-    for name, patcher in (("model", model), ("clip", getattr(clip, "patcher", None))):
-        if patcher is not None and (getattr(patcher, "patches", None) or getattr(patcher, "object_patches", None)):
+    if getattr(patcher, "patches", None):
+        return True
+    if not unet:
+        return False
+    if any(str(key).startswith(DIFFUSION_PREFIX) for key in getattr(patcher, "object_patches", {}) or {}):
+        return True
+    transformer = (getattr(patcher, "model_options", {}) or {}).get("transformer_options", {}) or {}
+    return bool(transformer.get("patches") or transformer.get("patches_replace"))
+
+
+def check_unpatched(model: Any, clip: Any) -> None:
+    """Refuse a MODEL or CLIP carrying user patches (LoRAs, adapters): a job loads the checkpoint file alone."""
+    for name, patcher, unet in (("model", model, True), ("clip", getattr(clip, "patcher", None), False)):
+        if patcher is not None and _carries_user_patches(patcher, unet):
             raise ConfigError(
                 "carries patches (a LoRA or adapter applied): a job loads the checkpoint file alone; connect the "
                 "checkpoint loader's output directly",

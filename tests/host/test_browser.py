@@ -23,7 +23,7 @@ from devtools.chromium import CHROMIUM_ARGS, PAGE_READY, chromium, close_dialogs
 from devtools.comfy_host import ROOT
 from devtools.demo_files import DEMO_TAP, write_demo_files
 from devtools.thumbnails import THUMBNAIL_WIDTH
-from devtools.workflows import DEMO_CHECKPOINT, EXAMPLES, ui_to_api
+from devtools.workflows import CPU, DEMO_CHECKPOINT, EXAMPLES, GPU, ui_to_api
 from taptune.patching.model_access import model_architecture
 
 from .live_server import call, running_server, server_base
@@ -70,8 +70,30 @@ def browser_server(tmp_path_factory, sd15, sd15_checkpoint_name, base_dir):
     (base / "models" / "checkpoints" / DEMO_CHECKPOINT).symlink_to(checkpoint.resolve())
     model = sd15[0]
     write_demo_files(base, model.model.diffusion_model, model_architecture(model), image_size=64)
+    _under_the_examples_names(base)
     with running_server(base) as (port, _process):
         yield f"http://127.0.0.1:{port}", port
+
+
+def _under_the_examples_names(base) -> None:
+    """The demo files also under the names the committed (GPU) examples use, as a user's would be.
+
+    Newer front ends mark a node whose file is missing as having errors; with these the
+    examples load as they do for a user who has the files.
+    """
+    folders = {
+        "checkpoint": "models/checkpoints",
+        "tap_adapter": "models/adapters",
+        "oft_adapter": "models/adapters",
+        "lora": "models/loras",
+        "instance_images": "input",
+        "captioned_images": "input",
+    }
+    for field, folder in folders.items():
+        source, target = base / folder / getattr(CPU, field), base / folder / getattr(GPU, field)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
 
 
 @pytest.fixture(scope="module")

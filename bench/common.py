@@ -90,3 +90,52 @@ def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str
     Each pair ran back to back, so slow drifts of a shared machine cancel out of the ratio.
     """
     return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
+
+
+def train_lora_node_step_times(
+    model: Any, size: int, steps: int, training_dtype: str, algorithm: str = "LoRA"
+) -> list[float]:
+    """Seconds per step of ComfyUI's own ``TrainLoraNode`` (rank 8, AdamW, 1 instance + 1 class latent).
+
+    The times come from ComfyUI's progress bar (one tick per step), so they cover exactly the
+    node's training steps, not its setup.
+    """
+    import comfy.utils
+    import torch
+    from comfy_extras.nodes_train import TrainLoraNode
+
+    g = torch.Generator().manual_seed(0)
+    latents = [{"samples": torch.randn(1, 4, size // 8, size // 8, generator=g)} for _ in range(2)]
+    positive = [[torch.randn(1, 77, 768, generator=g), {}]]
+    stamps: list[float] = []
+    comfy.utils.set_progress_bar_global_hook(lambda *args, **kwargs: stamps.append(time.perf_counter()))
+    inputs: dict[str, Any] = {
+        "model": [model],
+        "latents": latents,
+        "positive": [positive],
+        "batch_size": [2],
+        "grad_accumulation_steps": [1],
+        "steps": [steps],
+        "learning_rate": [1e-4],
+        "rank": [8],
+        "optimizer": ["AdamW"],
+        "loss_function": ["MSE"],
+        "seed": [0],
+        "training_dtype": [training_dtype],
+        "lora_dtype": ["fp32"],
+        "algorithm": [algorithm],
+        "gradient_checkpointing": [False],
+        "existing_lora": ["[None]"],
+    }
+    # Newer ComfyUI versions add inputs (offloading, bucket_mode...): each at the node's own default.
+    declared = TrainLoraNode.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, spec in declared.get(section, {}).items():
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if name not in inputs and "default" in options:
+                inputs[name] = [options["default"]]
+    torch.manual_seed(0)  # its seed input does not seed its own initialisation
+    start = time.perf_counter()
+    TrainLoraNode.execute(**inputs)
+    stamps = stamps[-steps:]
+    return [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS, peak_rss_bytes, setup_host, write_result
+from bench.common import RESULTS, peak_rss_bytes, setup_host, train_lora_node_step_times, write_result
 
 VARIANTS = ("tap", "oft", "comfy_lora", "comfy_oft", "full")
 STEPS = 4  # the first is warm-up; the median of the rest is reported
@@ -69,39 +69,10 @@ def _ours(kind: str) -> list[float]:
 
 
 def _comfy(algorithm: str) -> list[float]:
-    import comfy.utils
-    from comfy_extras.nodes_train import TrainLoraNode
-
     from devtools.checkpoints import SD15_FULL, build_model_patcher
 
     model = build_model_patcher("SD15", SD15_FULL, seed=0)
-    g = torch.Generator().manual_seed(0)
-    latents = [{"samples": torch.randn(1, 4, 32, 32, generator=g)} for _ in range(2)]  # instance + class
-    positive = [[torch.randn(1, 77, 768, generator=g), {}]]
-    stamps: list[float] = []
-    comfy.utils.set_progress_bar_global_hook(lambda *args, **kwargs: stamps.append(time.perf_counter()))
-    torch.manual_seed(0)  # its seed input does not seed its own initialisation
-    start = time.perf_counter()
-    TrainLoraNode.execute(
-        model=[model],
-        latents=latents,
-        positive=[positive],
-        batch_size=[2],
-        grad_accumulation_steps=[1],
-        steps=[STEPS],
-        learning_rate=[1e-4],
-        rank=[8],
-        optimizer=["AdamW"],
-        loss_function=["MSE"],
-        seed=[0],
-        training_dtype=["fp32"],
-        lora_dtype=["fp32"],
-        algorithm=[algorithm],
-        gradient_checkpointing=[False],
-        existing_lora=["[None]"],
-    )
-    stamps = stamps[-STEPS:]
-    return [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]
+    return train_lora_node_step_times(model, 256, STEPS, "fp32", algorithm)
 
 
 def _full() -> list[float]:

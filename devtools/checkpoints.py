@@ -146,9 +146,22 @@ def build_model_patcher(
         base = type(base)(model_config, model_type=model_type, device="cpu")
     randomise(base.diffusion_model, seed)
     base.eval()
-    return comfy.model_patcher.ModelPatcher(
+    patcher = comfy.model_patcher.ModelPatcher(
         base, load_device=comfy.model_management.get_torch_device(), offload_device=torch.device("cpu")
     )
+    if hasattr(patcher, "cached_patcher_init"):
+        # Newer ComfyUI rebuilds a model from this factory for deep copies (TrainLoraNode's
+        # clone(force_deepcopy=True), non-dynamic delegates), as its stock loaders register theirs;
+        # the same seed gives the same weights.
+        patcher.cached_patcher_init = (_rebuilt_model_patcher, (family, unet_config, seed, prediction))
+    return patcher
+
+
+def _rebuilt_model_patcher(
+    family: str, unet_config: dict[str, Any], seed: int, prediction: str, disable_dynamic: bool = False
+) -> Any:
+    """:func:`build_model_patcher` again, called the way ComfyUI calls a ``cached_patcher_init`` factory."""
+    return build_model_patcher(family, unet_config, seed, prediction)
 
 
 def sd15_checkpoint_state_dict(

@@ -302,41 +302,15 @@ def bench_ours(model: Any, kind: str, size: int, steps: int, precision: str) -> 
 
 def bench_comfy_lora(model: Any, size: int, steps: int, precision: str) -> dict[str, Any]:
     try:
-        from comfy_extras.nodes_train import TrainLoraNode
+        from comfy_extras.nodes_train import TrainLoraNode  # noqa: F401  (present in this ComfyUI?)
     except ImportError:
         return {"status": "absent", "reason": "this ComfyUI has no TrainLoraNode"}
     if precision != "bf16":
         return {"status": "n/a", "reason": "TrainLoraNode trains in bf16 or fp32 only"}
-    import comfy.utils
+    from bench.common import train_lora_node_step_times
 
-    g = torch.Generator().manual_seed(0)
-    latents = [{"samples": torch.randn(1, 4, size // 8, size // 8, generator=g)} for _ in range(2)]  # instance + class
-    positive = [[torch.randn(1, 77, 768, generator=g), {}]]
-    stamps: list[float] = []
-    comfy.utils.set_progress_bar_global_hook(lambda *args, **kwargs: stamps.append(time.perf_counter()))
     reset_peak()
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    TrainLoraNode.execute(
-        model=[model],
-        latents=latents,
-        positive=[positive],
-        batch_size=[2],
-        grad_accumulation_steps=[1],
-        steps=[steps],
-        learning_rate=[1e-4],
-        rank=[8],
-        optimizer=["AdamW"],
-        loss_function=["MSE"],
-        seed=[0],
-        training_dtype=["bf16"],
-        lora_dtype=["fp32"],
-        algorithm=["LoRA"],
-        gradient_checkpointing=[False],
-        existing_lora=["[None]"],
-    )
-    stamps = stamps[-steps:]
-    times = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]
+    times = train_lora_node_step_times(model, size, steps, "bf16")
     return {"seconds_per_step": per_step(times), "step_seconds": times, "peak_memory_bytes": peak_memory()}
 
 

@@ -25,6 +25,7 @@ def test_the_gpu_checks_pieces_run_on_the_cpu_and_record_their_results(tmp_path)
         check.run("benchmark", "tap_bf16", lambda: gpu_check.bench_ours(model, "tap", 64, 2, "bf16"))
         check.run("benchmark", "full_finetune_bf16", lambda: gpu_check.bench_full(model, 64, 2, "bf16"))
         check.run("benchmark", "comfy_lora_r8_fp16", lambda: gpu_check.bench_comfy_lora(model, 64, 2, "fp16"))
+        check.run("benchmark", "comfy_lora_r8_bf16", lambda: gpu_check.bench_comfy_lora(model, 64, 2, "bf16"))
     check.run("checks", "broken", lambda: {"value": 1 / 0})
 
     results = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -35,7 +36,7 @@ def test_the_gpu_checks_pieces_run_on_the_cpu_and_record_their_results(tmp_path)
     assert (
         results["checks"]["broken"]["status"] == "error" and "ZeroDivisionError" in results["checks"]["broken"]["error"]
     )
-    for name in ("tap_bf16", "full_finetune_bf16"):
+    for name in ("tap_bf16", "full_finetune_bf16", "comfy_lora_r8_bf16"):
         row = results["benchmark"][name]
         assert row["status"] == "ok" and row["seconds_per_step"] > 0 and len(row["step_seconds"]) == 2
     assert results["benchmark"]["comfy_lora_r8_fp16"]["status"] == "n/a"  # TrainLoraNode trains bf16 or fp32 only

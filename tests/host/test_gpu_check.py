@@ -16,6 +16,9 @@ from devtools.checkpoints import SD15_TINY, build_model_patcher
 
 
 def test_the_gpu_checks_pieces_run_on_the_cpu_and_record_their_results(tmp_path):
+    import comfy.utils
+
+    hook_before = comfy.utils.PROGRESS_BAR_HOOK
     check = gpu_check.Check(tmp_path, dry_run=True, budget=600)
     check.run("checks", "oft_solve", lambda: gpu_check.check_oft_solve(torch.device("cpu")))
     with torch.inference_mode(False):
@@ -27,6 +30,8 @@ def test_the_gpu_checks_pieces_run_on_the_cpu_and_record_their_results(tmp_path)
         check.run("benchmark", "comfy_lora_r8_fp16", lambda: gpu_check.bench_comfy_lora(model, 64, 2, "fp16"))
         check.run("benchmark", "comfy_lora_r8_bf16", lambda: gpu_check.bench_comfy_lora(model, 64, 2, "bf16"))
     check.run("checks", "broken", lambda: {"value": 1 / 0})
+    # The LoRA row times ComfyUI's progress bar: the process's own hook (here the test harness's) is back.
+    assert comfy.utils.PROGRESS_BAR_HOOK is hook_before
 
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert results["environment"]["dry_run"] and results["environment"]["device"] == "cpu"

@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import folder_paths
 from comfy_api.v0_0_2 import io
@@ -146,3 +147,10 @@ def choice(value: object, input_name: str, options: Iterable[str]) -> str:
         listed = ", ".join(allowed[:12]) + (" ..." if len(allowed) > 12 else "")
         raise ConfigError(f"{str(value)[:60]!r} is not one of: {listed}", input_name=input_name)
     return value
+
+
+def first_input(value: Any, default: Any = None) -> Any:
+    """The value of an input of an ``is_input_list`` node: ComfyUI hands every input over as a list."""
+    if isinstance(value, list):
+        return value[0] if value else default
+    return default if value is None else value

@@ -18,8 +18,8 @@ from ..training.job_file import JOB_FILE, job_text, job_to_json
 from ..training.run_data import check_data
 from ..training.settings import check_settings
 from ..training.visuals import to_pil
-from .common import CATEGORY_TRAIN, NodeInputError, adapters_output_folder, node_errors
-from .train import _first, training_inputs, training_settings
+from .common import CATEGORY_TRAIN, NodeInputError, adapters_output_folder, first_input, node_errors
+from .train import training_inputs, training_settings
 
 NODE = "TapTuneExportTrainingJob"
 CHECKPOINTS = "checkpoints"
@@ -115,7 +115,7 @@ class TapTuneExportTrainingJob(io.ComfyNode):
 
     @classmethod
     def execute(cls, **inputs: Any) -> io.NodeOutput:
-        values = {k: _first(v) for k, v in inputs.items() if k not in ("instance_images", "class_images")}
+        values = {k: first_input(v) for k, v in inputs.items() if k not in ("instance_images", "class_images")}
         model, clip, spec = (values.get(k) for k in ("model", "clip", "spec"))
         instance = flatten_images(inputs.get("instance_images"))
         classes = flatten_images(inputs.get("class_images")) or None

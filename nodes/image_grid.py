@@ -8,7 +8,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..training.visuals import MAX_GRID_PIXELS, grid_shape, label_band_height, labelled_grid, to_image_tensor, to_pil
-from .common import CATEGORY_IMAGE, NodeInputError, bounded_integer, node_errors
+from .common import CATEGORY_IMAGE, NodeInputError, bounded_integer, first_input, node_errors
 
 NODE = "TapTuneImageGrid"
 MAX_IMAGES = 256
@@ -72,9 +72,9 @@ class TapTuneImageGrid(io.ComfyNode):
         count = sum(int(batch.shape[0]) for batch in batches)
         if not 1 <= count <= MAX_IMAGES:
             raise NodeInputError(NODE, "images", f"needs 1..{MAX_IMAGES} images, got {count}")
-        names = grid_labels(_first(labels, ""), count)
+        names = grid_labels(first_input(labels, ""), count)
         with node_errors(NODE, "columns"):
-            rows, cols = grid_shape(count, bounded_integer(_first(columns, 0), "columns", 0, MAX_IMAGES))
+            rows, cols = grid_shape(count, bounded_integer(first_input(columns, 0), "columns", 0, MAX_IMAGES))
         height, width = int(batches[0].shape[1]), int(batches[0].shape[2])
         if rows * cols * width * (height + label_band_height(width)) > MAX_GRID_PIXELS:
             raise NodeInputError(
@@ -89,10 +89,3 @@ class TapTuneImageGrid(io.ComfyNode):
 
 def _is_image_batch(value: object) -> bool:
     return isinstance(value, torch.Tensor) and value.ndim == 4 and value.shape[-1] in (3, 4) and value.shape[0] > 0
-
-
-def _first(value: Any, default: Any) -> Any:
-    """The widget value of an input-list node (ComfyUI wraps every input in a list)."""
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return default if value is None else value

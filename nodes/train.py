@@ -26,6 +26,7 @@ from .common import (
     TapTuneSpec,
     bounded_integer,
     bounded_number,
+    first_input,
     node_errors,
 )
 
@@ -79,13 +80,6 @@ def resume_path(value: object, node: str = NODE) -> str | None:
     if real_root not in real.parents or not real.is_file():
         raise refusal
     return str(real)
-
-
-def _first(value: Any, default: Any = None) -> Any:
-    # is_input_list: every input arrives as a list.
-    if isinstance(value, list):
-        return value[0] if value else default
-    return default if value is None else value
 
 
 def _setting(name: str, default: Any, value: Any, node: str = NODE) -> Any:
@@ -305,12 +299,12 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
     @classmethod
     def execute(cls, **inputs: Any) -> io.NodeOutput:
         global _incomplete_runs
-        values = {k: _first(v) for k, v in inputs.items() if k not in ("instance_images", "class_images")}
+        values = {k: first_input(v) for k, v in inputs.items() if k not in ("instance_images", "class_images")}
         model, clip, vae, spec = (values.get(k) for k in ("model", "clip", "vae", "spec"))
         with node_errors(NODE, "spec"):
             settings = training_settings(values)
             kind_of_spec(spec)
-        node_id = _first(cls.hidden.unique_id)
+        node_id = first_input(cls.hidden.unique_id)
         bar = comfy.utils.ProgressBar(settings.steps, node_id=node_id)
 
         def report(step: int, total: int, loss: float, preview: Any) -> None:

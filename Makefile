@@ -23,12 +23,12 @@ export PYTHON
 PY      := $(PYTHON)
 endif
 
-.PHONY: host browser manager demo test test-core lint bench gpu-check clean
+.PHONY: host browser manager demo test test-core lint bench quality pocket-model gpu-check clean
 
 host:  ## .venv/ and a real ComfyUI 0.3.75 in .host/ComfyUI/ (idempotent); with COMFYUI_DIR: only checks that ComfyUI and PYTHON
 	@bash devtools/host.sh
 
-demo: host  ## a ComfyUI with this pack, a random demo checkpoint, a demo adapter and the example workflows
+demo: host  ## a ComfyUI with this pack, the pocket model's demo files and the example workflows (CPU variants)
 	@$(PY) -m devtools.demo --port $(PORT)
 
 browser:  ## Debian's chromium for the browser test (apt-get as root when missing; never downloads a browser)
@@ -49,6 +49,12 @@ lint: host
 
 bench: host  ## the benchmarks of bench/ (minutes; writes bench/results/)
 	@$(PY) -m bench.run_all
+
+quality: host  ## the pocket world's quality table (every method x 3 subjects; about 40 min on 2 cores; resumes)
+	@$(PY) -m bench.quality --readme
+
+pocket-model: host  ## train the pocket model again from its seed (under 30 min on 2 cores; writes pocket/weights/)
+	@$(PY) -m devtools.train_pocket
 
 gpu-check:  ## on one NVIDIA GPU (no network, nothing built): CUDA checks and the SD 1.5 training benchmark (< 8 min; writes bench/results/gpu_check.*)
 	@$(PY) -m devtools.gpu_check $(GPU_CHECK_ARGS)

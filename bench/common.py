@@ -92,6 +92,65 @@ def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str
     return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
 
 
+def run_train_lora_node(
+    model: Any,
+    latents: list[dict[str, Any]],
+    positive: list[Any],
+    *,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    batch_size: int,
+    training_dtype: str,
+    rank: int = 8,
+    algorithm: str = "LoRA",
+    step_hook: Callable[..., Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """ComfyUI's own ``TrainLoraNode`` on LATENTs and one conditioning each; (the trained MODEL, its LoRA weights).
+
+    Inputs newer ComfyUI versions add (offloading, bucket_mode...) are given at the node's own
+    defaults. ``step_hook``, if given, holds ComfyUI's one global progress hook
+    (``comfy.utils.PROGRESS_BAR_HOOK``, one call per step) during the run; whoever had it
+    (the server, a test harness) gets it back.
+    """
+    import comfy.utils
+    from comfy_extras.nodes_train import TrainLoraNode
+
+    inputs: dict[str, Any] = {
+        "model": [model],
+        "latents": latents,
+        "positive": positive,
+        "batch_size": [batch_size],
+        "grad_accumulation_steps": [1],
+        "steps": [steps],
+        "learning_rate": [learning_rate],
+        "rank": [rank],
+        "optimizer": ["AdamW"],
+        "loss_function": ["MSE"],
+        "seed": [seed],
+        "training_dtype": [training_dtype],
+        "lora_dtype": ["fp32"],
+        "algorithm": [algorithm],
+        "gradient_checkpointing": [False],
+        "existing_lora": ["[None]"],
+    }
+    declared = TrainLoraNode.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, spec in declared.get(section, {}).items():
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if name not in inputs and "default" in options:
+                inputs[name] = [options["default"]]
+    previous_hook = getattr(comfy.utils, "PROGRESS_BAR_HOOK", None)
+    if step_hook is not None:
+        comfy.utils.set_progress_bar_global_hook(step_hook)
+    try:
+        out = TrainLoraNode.execute(**inputs)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous_hook)
+    result = out.result if hasattr(out, "result") else out
+    return result[0], result[1]
+
+
 def train_lora_node_step_times(
     model: Any, size: int, steps: int, training_dtype: str, algorithm: str = "LoRA"
 ) -> list[float]:
@@ -100,48 +159,25 @@ def train_lora_node_step_times(
     The times come from ComfyUI's progress bar (one tick per step), so they cover exactly the
     node's training steps, not its setup.
     """
-    import comfy.utils
     import torch
-    from comfy_extras.nodes_train import TrainLoraNode
 
     g = torch.Generator().manual_seed(0)
     latents = [{"samples": torch.randn(1, 4, size // 8, size // 8, generator=g)} for _ in range(2)]
-    positive = [[torch.randn(1, 77, 768, generator=g), {}]]
+    positive = [[[torch.randn(1, 77, 768, generator=g), {}]]]
     stamps: list[float] = []
-    inputs: dict[str, Any] = {
-        "model": [model],
-        "latents": latents,
-        "positive": [positive],
-        "batch_size": [2],
-        "grad_accumulation_steps": [1],
-        "steps": [steps],
-        "learning_rate": [1e-4],
-        "rank": [8],
-        "optimizer": ["AdamW"],
-        "loss_function": ["MSE"],
-        "seed": [0],
-        "training_dtype": [training_dtype],
-        "lora_dtype": ["fp32"],
-        "algorithm": [algorithm],
-        "gradient_checkpointing": [False],
-        "existing_lora": ["[None]"],
-    }
-    # Newer ComfyUI versions add inputs (offloading, bucket_mode...): each at the node's own default.
-    declared = TrainLoraNode.INPUT_TYPES()
-    for section in ("required", "optional"):
-        for name, spec in declared.get(section, {}).items():
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if name not in inputs and "default" in options:
-                inputs[name] = [options["default"]]
     torch.manual_seed(0)  # its seed input does not seed its own initialisation
-    # ComfyUI's one global progress hook (comfy.utils.PROGRESS_BAR_HOOK) times the steps; whoever
-    # had it (the server, a test harness) gets it back.
-    previous_hook = getattr(comfy.utils, "PROGRESS_BAR_HOOK", None)
-    comfy.utils.set_progress_bar_global_hook(lambda *args, **kwargs: stamps.append(time.perf_counter()))
-    try:
-        start = time.perf_counter()
-        TrainLoraNode.execute(**inputs)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(previous_hook)
+    start = time.perf_counter()
+    run_train_lora_node(
+        model,
+        latents,
+        positive,
+        steps=steps,
+        learning_rate=1e-4,
+        seed=0,
+        batch_size=2,
+        training_dtype=training_dtype,
+        algorithm=algorithm,
+        step_hook=lambda *args, **kwargs: stamps.append(time.perf_counter()),
+    )
     stamps = stamps[-steps:]
     return [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]

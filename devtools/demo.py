@@ -1,9 +1,11 @@
 """``make demo``: a ComfyUI base folder with this pack, demo files and the example workflows, then the server.
 
-Everything is generated here (nothing is downloaded): the checkpoint has the exact SD 1.x
-layout but **random weights** (it samples noise-like images; it exists so every node can
-be run), and the demo adapters are random too. To use a real model, put it in
-``.demo/models/checkpoints/`` and pick it in the loader node.
+Nothing is downloaded. The examples' CPU variants run on the pack's **pocket model** (a small
+trained text-to-image model of coloured shapes, shipped in ``pocket/weights/``): the training
+examples learn a shipped subject, a striped star, in a few minutes, and show the base and the
+adapted model side by side. The demo's adapters are trained on it while the demo is prepared
+(a minute or two, once); its LoRA is random. A real checkpoint goes in
+``.demo/models/checkpoints/``; the GPU-sized originals (SD 1.5) are in the Templates browser.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from devtools.comfy_host import COMFY_DIR, ROOT, import_pack, init_nodes, prepare_comfy
-from devtools.workflows import CPU, DEMO_CHECKPOINT, EXAMPLES, write_workflows
+from devtools.workflows import EXAMPLES, POCKET, write_workflows
 
 DEMO = ROOT / ".demo"
 PACK_FOLDER = "ComfyUI-TapTune"
@@ -32,43 +34,27 @@ def link_pack(base: Path) -> None:
     target.symlink_to(ROOT, target_is_directory=True)
 
 
-def demo_checkpoint(base: Path) -> Path:
-    """The random SD 1.x-layout checkpoint (generated once)."""
-    from devtools.checkpoints import write_sd15_checkpoint
-
-    path = base / "models" / "checkpoints" / DEMO_CHECKPOINT
-    if not path.exists():
-        print(f"[demo] generating {path.name} (random weights, SD 1.x layout)")
-        write_sd15_checkpoint(path, seed=1234)
-    return path
-
-
 def demo_inputs(base: Path) -> None:
-    """Random demo adapters and LoRA for the demo checkpoint, and a captioned image folder for training."""
-    from devtools.checkpoints import SD15_SMALL, build_unet
-    from devtools.demo_files import DEMO_LORA, write_demo_files
+    """The pocket variants' files: the subject's photos, adapters trained on them, a random LoRA."""
+    from devtools.demo_files import write_pocket_demo_files
 
     import_pack()
-    import taptune.adapter_core as core
-
-    if not (base / "models" / "loras" / DEMO_LORA).exists():
-        write_demo_files(
-            base, build_unet(SD15_SMALL, seed=1234), core.architecture_signature("SD15", SD15_SMALL), image_size=256
-        )
+    for name in write_pocket_demo_files(base):
+        print(f"[demo] made {name}", flush=True)
 
 
 def copy_workflows(base: Path) -> list[Path]:
     """The CPU-sized variants of the examples, where the editor's Workflows sidebar finds them.
 
     The committed examples (GPU values) are in the Templates browser, which ComfyUI fills from
-    the pack's ``example_workflows/``; these are the same graphs made from the same source with
-    the demo checkpoint's files and CPU sizes, so they run as they open.
+    the pack's ``example_workflows/``; these are the same graphs made from the same source on
+    the pocket model with its files and sizes, so they run as they open.
     """
     folder = base / "user" / "default" / "workflows"
     for old in folder.glob("TapTune - *.json"):  # earlier demos' copies
         old.unlink()
     init_nodes()  # the UI layout needs every node's definition
-    return write_workflows(folder, CPU, "TapTune CPU - {stem}.json")
+    return write_workflows(folder, POCKET, "TapTune CPU - {stem}.json")
 
 
 def main() -> None:
@@ -81,7 +67,7 @@ def main() -> None:
     cpu = not torch.cuda.is_available()
     prepare_comfy(DEMO, cpu=cpu)
     link_pack(DEMO)
-    demo_checkpoint(DEMO)
+    print("[demo] preparing the pocket model's demo files (the first time: training two adapters, 1-2 minutes)")
     demo_inputs(DEMO)
     copy_workflows(DEMO)
     command = [
@@ -97,10 +83,14 @@ def main() -> None:
         f"sqlite:///{DEMO / 'user' / 'comfyui.db'}",
     ] + (["--cpu"] if cpu else [])
     print(f"[demo] base folder: {DEMO}")
-    print(f"[demo] the checkpoint {DEMO_CHECKPOINT} has RANDOM weights: images will be noise-like.")
-    print("[demo] to use a real model, copy it into .demo/models/checkpoints/ and pick it in the loader.")
-    print("[demo] in the browser: Workflows sidebar (W) -> 'TapTune CPU - dreambooth_tap_attn2o_ffni' -> Run;")
-    print("[demo]   every example runs as it opens there (CPU sizes, demo files); about 5 minutes for a training one.")
+    print("[demo] in the browser: Workflows sidebar (W) -> 'TapTune CPU - dreambooth_tap_attn2o_ffni' -> Run.")
+    print("[demo]   It trains the pocket model on a striped star it has never seen ('a sks star', 5 photos in")
+    print("[demo]   .demo/input/pocket_striped_star) for 150 steps, then saves a grid: base | adapted, prompt")
+    print("[demo]   'a sks star on a yellow background' (a background no photo has). A few minutes on 2 cores.")
+    print("[demo]   The grid appears in the Save Image node and in .demo/output/taptune/.")
+    print("[demo] every 'TapTune CPU - ...' workflow runs as it opens (pocket model, 64x64 pictures);")
+    print("[demo]   TapTune Pocket Model draws captions like 'a red star on a blue background' in any graph.")
+    print("[demo] a real checkpoint goes in .demo/models/checkpoints/ (pick it in a Load Checkpoint node).")
     print(f"[demo] the GPU-sized originals: Templates -> ComfyUI-TapTune (also in {EXAMPLES.relative_to(ROOT)}/)")
     if args.prepare_only:
         print("[demo] prepared; start with: " + " ".join(command))

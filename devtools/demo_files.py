@@ -18,6 +18,21 @@ DEMO_TAP = "taptune-demo-tap.safetensors"
 DEMO_OFT = "taptune-demo-oft.safetensors"
 DEMO_IMAGES = "taptune_dog"
 DEMO_LORA = "taptune-demo-lora.safetensors"
+#: The pocket model's demo: a shipped subject, its prompts, and adapters trained on it when the demo is made.
+POCKET_SUBJECT = "striped_star"
+POCKET_IMAGES = f"pocket_{POCKET_SUBJECT}"
+POCKET_SUBJECT_PROMPT = "a sks star"
+POCKET_CLASS_PROMPT = "a star"
+#: A background none of the subject's photos has: the adapted model puts the subject in a new context.
+POCKET_SAMPLE_PROMPT = "a sks star on a yellow background"
+POCKET_TAP = "taptune/pocket_striped_star_attn2o_ffni.safetensors"
+POCKET_OFT = "taptune/pocket_striped_star_coft.safetensors"
+POCKET_LORA = "taptune-pocket-demo-lora.safetensors"
+POCKET_TRAIN_STEPS = 150
+POCKET_TAP_LEARNING_RATE = 2e-3
+POCKET_OFT_LEARNING_RATE = 1e-2
+#: COFT's eps scaled to the pocket UNet's small blocks (docs/decisions.md: the paper's 6e-5 allows almost nothing)
+POCKET_COFT_EPS = 1e-3
 #: The attention projections the demo LoRA changes (ComfyUI reads ``diffusion_model.<layer>.lora_up/down``).
 LORA_LAYERS = ("attn1.to_q", "attn1.to_v", "attn2.to_q", "attn2.to_v")
 
@@ -81,3 +96,59 @@ def write_demo_images(folder: Path, count: int = 4, size: int = 256) -> None:
         image = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
         Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).save(folder / f"sks_dog_{i}.png")
         (folder / f"sks_dog_{i}.txt").write_text(f"a photo of sks dog, picture {i}")
+
+
+def write_pocket_demo_files(base: Path) -> list[str]:
+    """The pocket variants' files in ComfyUI base folder ``base``: the subject's photos (with
+    per-photo prompts), a tap adapter and a COFT rotation trained on them with the pack's own
+    DreamBooth run (a minute or two on a CPU), and a random LoRA for the pocket UNet.
+
+    Needs ComfyUI prepared and the pack imported. What exists already is kept. Returns what it wrote.
+    """
+    from devtools.pocket_eval import write_subject_folder
+    from taptune.pocket.subjects import subject
+
+    written = []
+    sub = subject(POCKET_SUBJECT)
+    if not (base / "input" / POCKET_IMAGES).exists():
+        write_subject_folder(base / "input", sub)
+        written.append(POCKET_IMAGES)
+    adapters = base / "models" / "adapters"
+    lora = base / "models" / "loras" / POCKET_LORA
+    missing = [name for name in (POCKET_TAP, POCKET_OFT) if not (adapters / name).exists()]
+    if not (missing or not lora.exists()):
+        return written
+    from taptune.patching.pocket_model import load_pocket_model
+
+    model, clip, vae = load_pocket_model()
+    if not lora.exists():
+        write_demo_lora(lora, model.model.diffusion_model)
+        written.append(POCKET_LORA)
+    for name in missing:
+        train_pocket_demo_adapter(model, clip, vae, sub, adapters / name, coft=name == POCKET_OFT)
+        written.append(name)
+    return written
+
+
+def train_pocket_demo_adapter(model: Any, clip: Any, vae: Any, sub: Any, path: Path, coft: bool) -> None:
+    """The demo's recipe on the pocket model: the paper's tap adapter or COFT r=4, prior preservation, 150 steps."""
+    import taptune.adapter_core as core
+    from devtools.pocket_eval import Sampler
+    from taptune.training.run import run_dreambooth
+    from taptune.training.settings import TrainSettings
+
+    photos = torch.from_numpy(sub.photos()).float() / 255.0
+    classes = Sampler(model, clip, vae)(POCKET_CLASS_PROMPT, 0, 24)
+    spec: Any = core.OFTSpec(core.OFTConfig(r=4, coft=True, eps=POCKET_COFT_EPS)) if coft else core.TapSpec()
+    settings = TrainSettings(
+        steps=POCKET_TRAIN_STEPS,
+        learning_rate=POCKET_OFT_LEARNING_RATE if coft else POCKET_TAP_LEARNING_RATE,
+        seed=0,
+        resolution=64,
+        resize_mode="none",
+    )
+    _, trained = run_dreambooth(
+        model, clip, vae, spec, list(photos), POCKET_SUBJECT_PROMPT, POCKET_CLASS_PROMPT, list(classes), settings
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    core.save_adapter_file(path, trained.to_file())

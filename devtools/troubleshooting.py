@@ -85,6 +85,12 @@ ADVICE: dict[str, tuple[str, str]] = {
         "`taptune-job/1`). Export the job again with TapTune Export Training Job, or fix the field; paths in a "
         "job are relative to its folder except the checkpoint, the adapter and the checkpoint folder.",
     ),
+    "PocketModelError": (
+        "The pocket model's weights file is missing or damaged",
+        "TapTune Pocket Model loads `pocket/weights/pocket_model.safetensors` from the pack's own folder. "
+        "Reinstall the pack (ComfyUI Manager, or `git pull` in `custom_nodes/`), or train the file again on "
+        "a CPU with `python -m devtools.train_pocket` from a clone of the repository (under 30 minutes).",
+    ),
     "TapTuneError": (
         "Other problems",
         "The message says what was found and what was expected.",

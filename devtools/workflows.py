@@ -17,7 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from devtools.comfy_host import ROOT
-from devtools.demo_files import DEMO_IMAGES, DEMO_LORA, DEMO_OFT, DEMO_TAP
+from devtools.demo_files import (
+    DEMO_IMAGES,
+    DEMO_LORA,
+    DEMO_OFT,
+    DEMO_TAP,
+    POCKET_CLASS_PROMPT,
+    POCKET_COFT_EPS,
+    POCKET_IMAGES,
+    POCKET_LORA,
+    POCKET_OFT,
+    POCKET_OFT_LEARNING_RATE,
+    POCKET_SAMPLE_PROMPT,
+    POCKET_SUBJECT_PROMPT,
+    POCKET_TAP,
+    POCKET_TAP_LEARNING_RATE,
+    POCKET_TRAIN_STEPS,
+)
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}
@@ -233,6 +249,15 @@ class ExampleSizing:
     class_count: int
     checkpoint_every: int
     note: str
+    subject_prompt: str = "a photo of sks dog"
+    class_prompt: str = "a photo of dog"
+    sample_prompt: str = "a photo of sks dog on the beach"
+    negative_prompt: str = "blurry, low quality"
+    #: The trainer's learning_rate for tap adapters and for OFT (0 = the paper's recipe), COFT's eps.
+    tap_learning_rate: float = 0.0
+    oft_learning_rate: float = 0.0
+    coft_eps: float = 6e-5
+    #: ``checkpoint`` = POCKET_LOADER: the graphs load the pack's pocket model instead of a checkpoint.
 
 
 #: What a GPU user with a real SD 1.5 checkpoint starts from (the committed examples).
@@ -276,8 +301,46 @@ CPU = ExampleSizing(
     ),
 )
 
-SUBJECT_PROMPT = "a photo of sks dog"
-CLASS_PROMPT = "a photo of dog"
+#: The ``checkpoint`` value that means "TapTunePocketModel" (same MODEL/CLIP/VAE outputs, no file input).
+POCKET_LOADER = "<TapTunePocketModel>"
+
+#: `make demo`'s variants: the pocket model (trained, 64x64), learning a shipped subject in a few CPU minutes.
+POCKET = ExampleSizing(
+    checkpoint=POCKET_LOADER,
+    tap_adapter=POCKET_TAP,
+    oft_adapter=POCKET_OFT,
+    lora=POCKET_LORA,
+    instance_images=POCKET_IMAGES,
+    captioned_images=POCKET_IMAGES,
+    size=64,
+    sample_steps=20,
+    cfg=5.0,
+    train_steps=POCKET_TRAIN_STEPS,
+    class_count=24,
+    checkpoint_every=50,
+    note=(
+        "CPU variant made by `make demo` on the pack's pocket model (TapTune Pocket Model: a small trained "
+        "text-to-image model of coloured shapes, 64x64). The subject is a red-and-white striped star it has never "
+        "seen ('a sks star', class 'a star'); training takes a few minutes on a 2-core CPU. The demo LoRA has "
+        "random weights. The committed example (GPU values, SD 1.5) is in the Templates browser."
+    ),
+    subject_prompt=POCKET_SUBJECT_PROMPT,
+    class_prompt=POCKET_CLASS_PROMPT,
+    sample_prompt=POCKET_SAMPLE_PROMPT,
+    negative_prompt="",
+    tap_learning_rate=POCKET_TAP_LEARNING_RATE,
+    oft_learning_rate=POCKET_OFT_LEARNING_RATE,
+    coft_eps=POCKET_COFT_EPS,
+)
+
+
+def loader_node(sizing: ExampleSizing) -> dict[str, Any]:
+    """The graph's model source: the checkpoint loader, or the pocket model (outputs in the same order)."""
+    if sizing.checkpoint == POCKET_LOADER:
+        return {"class_type": "TapTunePocketModel", "inputs": {}}
+    return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sizing.checkpoint}}
+
+
 #: The tap-point pairs compare_tap_points trains: the paper's best, two other transformer inputs, a ResBlock pair.
 COMPARED_PAIRS = (("attn2o", "ffni"), ("attn1o", "ffni"), ("attn2i", "transo"), ("resi", "reso"))
 
@@ -321,13 +384,44 @@ NOTES = {
 }
 
 
+def tap_spec_node(**inputs: Any) -> dict[str, Any]:
+    """``TapTuneTapSpec``: the paper's recipe (attn2o -> ffni, mid_dim 60, relu, scale 1, every block)."""
+    defaults = {
+        "din": "attn2o",
+        "dout": "ffni",
+        "mid_dim": 60,
+        "method": "relu",
+        "scale": 1.0,
+        "blocks": "all",
+        "block_list": "",
+        "init": "zero_up",
+    }
+    return {"class_type": "TapTuneTapSpec", "inputs": {**defaults, **inputs}}
+
+
+def oft_spec_node(**inputs: Any) -> dict[str, Any]:
+    """``TapTuneOFTSpec``: the paper's COFT (r 4, eps 6e-5) on every attention projection."""
+    defaults = {
+        "r": 4,
+        "eps": 6e-5,
+        "coft": True,
+        "block_share": False,
+        "targets": "attention",
+        "target_list": "",
+        "block_size": 0,
+        "neumann_terms": 0,
+        "magnitude_steps": 0,
+    }
+    return {"class_type": "TapTuneOFTSpec", "inputs": {**defaults, **inputs}}
+
+
 def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str, Any]]]:
     """The example workflows in API form, keyed by file stem (the committed ones: ``GPU``)."""
     text = {"clip": ["ckpt", 1]}
     common = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sizing.checkpoint}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of sks dog on the beach", **text}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", **text}},
+        "ckpt": loader_node(sizing),
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": sizing.sample_prompt, **text}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": sizing.negative_prompt, **text}},
         "latent": {
             "class_type": "EmptyLatentImage",
             "inputs": {"width": sizing.size, "height": sizing.size, "batch_size": 1},
@@ -384,7 +478,7 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
             "model": ["ckpt", 0],
             "clip": ["ckpt", 1],
             "vae": ["ckpt", 2],
-            "class_prompt": CLASS_PROMPT,
+            "class_prompt": sizing.class_prompt,
             "count": sizing.class_count,
             "seed": 0,
             "steps": sizing.sample_steps,
@@ -406,11 +500,11 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
                 "vae": ["ckpt", 2],
                 "spec": [spec, 0],
                 "instance_images": ["images", 0],
-                "instance_prompt": SUBJECT_PROMPT,
-                "class_prompt": CLASS_PROMPT,
+                "instance_prompt": sizing.subject_prompt,
+                "class_prompt": sizing.class_prompt,
                 "prior_loss_weight": 1.0,
                 "steps": sizing.train_steps,
-                "learning_rate": 0.0,
+                "learning_rate": sizing.tap_learning_rate,
                 "batch_size": 1,
                 "seed": 0,
                 "class_images": ["classes", 0],
@@ -425,7 +519,7 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
                 "gradient_checkpointing": False,
                 "checkpoint_every": sizing.checkpoint_every,
                 "resume_from": "none",
-                "validation_prompt": "a photo of sks dog on the beach",
+                "validation_prompt": sizing.sample_prompt,
                 "validation_every": sizing.checkpoint_every,
                 "validation_steps": sizing.sample_steps,
                 **changes,
@@ -433,42 +527,17 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
         }
 
     def tap_spec(din: str = "attn2o", dout: str = "ffni") -> dict[str, Any]:
-        return {
-            "class_type": "TapTuneTapSpec",
-            "inputs": {
-                "din": din,
-                "dout": dout,
-                "mid_dim": 60,
-                "method": "relu",
-                "scale": 1.0,
-                "blocks": "all",
-                "block_list": "",
-                "init": "zero_up",
-            },
-        }
+        return tap_spec_node(din=din, dout=dout)
 
-    oft_spec = {
-        "class_type": "TapTuneOFTSpec",
-        "inputs": {
-            "r": 4,
-            "eps": 6e-5,
-            "coft": True,
-            "block_share": False,
-            "targets": "attention",
-            "target_list": "",
-            "block_size": 0,
-            "neumann_terms": 0,
-            "magnitude_steps": 0,
-        },
-    }
+    oft_spec = oft_spec_node(eps=sizing.coft_eps)
 
-    def dreambooth(spec: dict[str, Any], prefix: str) -> dict[str, dict[str, Any]]:
+    def dreambooth(spec: dict[str, Any], prefix: str, **changes: Any) -> dict[str, dict[str, Any]]:
         return {
             **common,
             "images": images,
             "classes": classes,
             "spec": spec,
-            "train": train("spec"),
+            "train": train("spec", **changes),
             "save_adapter": {
                 "class_type": "TapTuneSaveAdapter",
                 "inputs": {"adapter": ["train", 1], "filename_prefix": prefix},
@@ -506,7 +575,9 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
 
     return {
         "dreambooth_tap_attn2o_ffni": _renumber(dreambooth(tap_spec(), "taptune/sks_dog_attn2o_ffni")),
-        "dreambooth_coft": _renumber(dreambooth(oft_spec, "taptune/sks_dog_coft")),
+        "dreambooth_coft": _renumber(
+            dreambooth(oft_spec, "taptune/sks_dog_coft", learning_rate=sizing.oft_learning_rate)
+        ),
         "generate_with_adapter": _renumber(
             {
                 **common,
@@ -546,15 +617,19 @@ def resized(
     names = {
         getattr(source, field.name): getattr(target, field.name)
         for field in fields(ExampleSizing)
-        if isinstance(getattr(source, field.name), str) and field.name != "note"
+        if isinstance(getattr(source, field.name), str) and field.name != "note" and getattr(source, field.name)
     }
-    return {
-        key: {
-            "class_type": node["class_type"],
-            "inputs": {n: names.get(v, v) if isinstance(v, str) else v for n, v in node["inputs"].items()},
-        }
-        for key, node in prompt.items()
-    }
+    out = {}
+    for key, node in prompt.items():
+        if node["class_type"] == "CheckpointLoaderSimple" and target.checkpoint == POCKET_LOADER:
+            out[key] = loader_node(target)
+            continue
+        if node["class_type"] == "TapTunePocketModel" and source.checkpoint == POCKET_LOADER:
+            out[key] = loader_node(target)
+            continue
+        inputs = {n: names.get(v, v) if isinstance(v, str) else v for n, v in node["inputs"].items()}
+        out[key] = {"class_type": node["class_type"], "inputs": inputs}
+    return out
 
 
 def _renumber(prompt: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

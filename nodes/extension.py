@@ -11,6 +11,7 @@ from .image_folder import TapTuneLoadImageFolder
 from .image_grid import TapTuneImageGrid
 from .load_adapter import TapTuneAdapterInfo, TapTuneLoadAdapter
 from .oft_interchange import TapTuneExportOFTAsLoRA, TapTuneImportOFT
+from .pocket_model import TapTunePocketModel
 from .save_adapter import TapTuneSaveAdapter
 from .specs import TapTuneOFTSpec, TapTuneTapSpec
 from .tap_import import TapTuneImportOfficialAdapters
@@ -35,6 +36,7 @@ def node_classes() -> list[type[io.ComfyNode]]:
         TapTuneSaveAdapter,
         TapTuneImageGrid,
         TapTuneExportTrainingJob,
+        TapTunePocketModel,
     ]
 
 

@@ -10,13 +10,21 @@ import json
 
 import pytest
 
-from devtools.demo_files import write_demo_files
+from devtools.demo_files import (
+    POCKET_IMAGES,
+    POCKET_LORA,
+    POCKET_OFT,
+    POCKET_TAP,
+    write_demo_files,
+    write_pocket_demo_files,
+)
 from devtools.workflows import (
     CPU,
     EXAMPLES,
     FRONTEND_ONLY,
     GPU,
     NOTES,
+    POCKET,
     example_prompts,
     example_workflows,
     resized,
@@ -82,6 +90,21 @@ def test_the_cpu_variant_is_the_same_graph_with_the_demo_files():
         assert any(v == CPU.checkpoint for node in cpu.values() for v in node["inputs"].values())
 
 
+def test_the_demo_variant_is_the_same_graph_on_the_pocket_model():
+    """`make demo`'s variants: the checkpoint loader becomes TapTunePocketModel, files and prompts the pocket's."""
+    for stem, gpu in example_prompts(GPU).items():
+        pocket = example_prompts(POCKET)[stem]
+        moved = resized(gpu, GPU, POCKET)
+        assert moved.keys() == pocket.keys()
+        for key, node in moved.items():
+            assert node["class_type"] == pocket[key]["class_type"]
+            assert node["inputs"].keys() == pocket[key]["inputs"].keys()
+        types = [node["class_type"] for node in pocket.values()]
+        assert "TapTunePocketModel" in types and "CheckpointLoaderSimple" not in types
+        texts = [node["inputs"]["text"] for node in pocket.values() if node["class_type"] == "CLIPTextEncode"]
+        assert "a photo of sks dog on the beach" not in texts and POCKET.sample_prompt in texts
+
+
 @pytest.fixture(scope="module")
 def example_server(tmp_path_factory, sd15, sd15_checkpoint_name, base_dir):
     import comfy.model_management
@@ -114,6 +137,11 @@ def test_example_runs_on_the_server(example_server, sd15_checkpoint_name, path):
     for node in prompt.values():
         if node["inputs"].get("ckpt_name") == CPU.checkpoint:
             node["inputs"]["ckpt_name"] = sd15_checkpoint_name
+    _run_and_check(port, base, prompt)
+
+
+def _run_and_check(port, base, prompt):
+    """Queue ``prompt``: it succeeds, its images exist, and each Save Adapter node wrote one new file."""
     adapters_before = set((base / "models" / "adapters").rglob("*.safetensors"))
     queued = post_prompt(port, prompt)
     assert "prompt_id" in queued, queued
@@ -125,3 +153,21 @@ def test_example_runs_on_the_server(example_server, sd15_checkpoint_name, path):
     saves = [node for node in prompt.values() if node["class_type"] == "TapTuneSaveAdapter"]
     written = set((base / "models" / "adapters").rglob("*.safetensors")) - adapters_before
     assert len(written) == len(saves), written
+
+
+@pytest.fixture(scope="module")
+def pocket_demo_files(example_server):
+    """What `make demo` makes for its variants: the subject's photos, two adapters trained on them, a LoRA."""
+    _, base = example_server
+    written = write_pocket_demo_files(base)
+    assert set(written) == {POCKET_IMAGES, POCKET_LORA, POCKET_TAP, POCKET_OFT}
+    assert write_pocket_demo_files(base) == []  # kept, not made again
+    return base
+
+
+@pytest.mark.parametrize("stem", sorted(NAMED_IN_THE_ISSUE))
+def test_the_demo_variant_runs_on_the_pocket_model(example_server, pocket_demo_files, stem):
+    port, base = example_server
+    prompt = ui_to_api(example_workflows(POCKET)[stem])
+    assert prompt == example_prompts(POCKET)[stem]  # what the Workflows sidebar holds round-trips
+    _run_and_check(port, base, cpu_sized(prompt))

@@ -84,6 +84,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "dtype": "fp16",
     },
     "TapTuneImageGrid": {"images": "@images", "labels": "first\nsecond"},
+    "TapTunePocketModel": {},
 }
 
 OUTPUT_OF = {"@model": ("ckpt", 0), "@clip": ("ckpt", 1), "@vae": ("ckpt", 2)}
@@ -114,16 +115,19 @@ def _inputs(node_id: str) -> dict:
 def _consumers(node_id: str, outputs: list[str]) -> dict[str, dict]:
     """Stock output nodes so that a node without UI output still runs (ComfyUI runs only what feeds an output)."""
     graph: dict[str, dict] = {}
+    # A node that loads its own model (the pocket model) is sampled with its own CLIP and VAE.
+    clip = [node_id, outputs.index("CLIP")] if "CLIP" in outputs else ["ckpt", 1]
+    vae = [node_id, outputs.index("VAE")] if "VAE" in outputs else ["ckpt", 2]
     for index, kind in enumerate(outputs):
         if kind == "IMAGE":
             graph[f"preview{index}"] = {"class_type": "PreviewImage", "inputs": {"images": [node_id, index]}}
         elif kind == "MODEL":
-            graph["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog", "clip": ["ckpt", 1]}}
+            graph["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog", "clip": clip}}
             graph["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
             graph["sample"] = ksampler(
                 [node_id, index], ["pos", 0], ["pos", 0], ["latent", 0], seed=0, steps=1, cfg=1.0
             )
-            graph["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}}
+            graph["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": vae}}
             graph[f"preview{index}"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
         elif kind == "TAPTUNE_SPEC":
             train = dict(_inputs("TapTuneDreamBoothTrain"), spec=[node_id, index])

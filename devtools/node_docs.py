@@ -54,12 +54,17 @@ def _input_line(name: str, spec: tuple, optional: bool) -> str:
     return f"- **{name}**: {kind_text}{extra}. {tooltip}".rstrip()
 
 
+NO_INPUTS = "None: the node needs no input."
+
+
 def render(node_cls: Any) -> str:
     """The help page of one node class, in Markdown."""
     schema = node_cls.GET_SCHEMA()
     spec = node_cls.INPUT_TYPES()
     lines = [f"# {schema.display_name}", "", f"`{schema.node_id}` in *{schema.category}*", "", schema.description, ""]
     lines += ["## Inputs", ""]
+    if not any(spec.get(section) for section in ("required", "optional")):
+        lines.append(NO_INPUTS)
     for section, optional in (("required", False), ("optional", True)):
         for name, value in spec.get(section, {}).items():
             lines.append(_input_line(name, value, optional))

@@ -162,9 +162,9 @@ def _training_settings(ctx: Context, method: Method, seed: int) -> Any:
 
 
 def _photos(subject: Any) -> tuple[list[Any], str]:
-    import torch
+    from taptune.pocket.world import to_tensor_images
 
-    photos = torch.from_numpy(subject.photos()).float() / 255.0
+    photos = to_tensor_images(subject.photos())
     return list(photos), "\n".join(subject.photo_prompts())
 
 

@@ -134,10 +134,11 @@ def train_pocket_demo_adapter(model: Any, clip: Any, vae: Any, sub: Any, path: P
     """The demo's recipe on the pocket model: the paper's tap adapter or COFT r=4, prior preservation, 150 steps."""
     import taptune.adapter_core as core
     from devtools.pocket_eval import Sampler
+    from taptune.pocket.world import to_tensor_images
     from taptune.training.run import run_dreambooth
     from taptune.training.settings import TrainSettings
 
-    photos = torch.from_numpy(sub.photos()).float() / 255.0
+    photos = to_tensor_images(sub.photos())
     classes = Sampler(model, clip, vae)(POCKET_CLASS_PROMPT, 0, 24)
     spec: Any = core.OFTSpec(core.OFTConfig(r=4, coft=True, eps=POCKET_COFT_EPS)) if coft else core.TapSpec()
     settings = TrainSettings(

@@ -65,6 +65,7 @@ def main() -> int:
     from taptune.patching.apply import apply_adapter_file
     from taptune.patching.pocket_model import load_pocket_model
     from taptune.pocket.subjects import SUBJECTS
+    from taptune.pocket.world import to_tensor_images
     from taptune.training.visuals import labelled_grid
 
     model, clip, vae = load_pocket_model()
@@ -78,8 +79,7 @@ def main() -> int:
 
     images, labels = [], []
     for name, sub in SUBJECTS.items():
-        photos = torch.from_numpy(sub.photos()).float() / 255.0
-        images += _pil(photos[:4])
+        images += _pil(to_tensor_images(sub.photos())[:4])
         labels += [name] + [""] * 3
     labelled_grid(images, labels, columns=8).save(DOCS / "pocket_subject.png")
 

@@ -51,7 +51,7 @@ bench: host  ## the benchmarks of bench/ (minutes; writes bench/results/)
 	@$(PY) -m bench.run_all
 
 quality: host  ## the pocket world's quality table (every method x 3 subjects; 27 min measured on 2 cores; resumes)
-	@$(PY) -m bench.quality --readme
+	@$(PY) -m bench.quality --docs
 
 pocket-model: host  ## train the pocket model again from its seed (under 30 min on 2 cores; writes pocket/weights/)
 	@$(PY) -m devtools.train_pocket

@@ -1,7 +1,7 @@
 """Personalisation quality on the pocket world: every method, the same subjects, seeds and step budget.
 
     .venv/bin/python -m bench.quality [--steps 200] [--seeds 0] [--subjects A B C]
-                                      [--only REGEX] [--shard K/N] [--list] [--table] [--readme]
+                                      [--only REGEX] [--shard K/N] [--list] [--table] [--docs]
 
 Trains, on the shipped pocket model (``TapTunePocketModel``'s weights), each method on each
 subject with each seed, and evaluates it with the pocket judge (``pocket.metrics``):
@@ -20,10 +20,10 @@ One job = (method, subject, seed), with its own result file ``<out>/<method>/<su
 ``--shard K/N`` runs every N-th job starting at K (machines sharing ``--out`` split the work);
 ``--list`` prints the jobs. When every job has a result, the table (means over subjects and
 seeds) and the analysis of variance of the 20 tap pairs are printed and written next to the
-results (``quality.md``, ``quality.json``); ``--readme`` also puts them into README.md
+results (``quality.md``, ``quality.json``); ``--docs`` also puts them into docs/pocket_world.md
 between the ``quality-table`` markers.
 
-The measures (README "Pocket world" has the formulas): fidelity = mean judge-embedding cosine
+The measures (docs/pocket_world.md has the formulas): fidelity = mean judge-embedding cosine
 between generations of ``a sks <class>`` and the subject's photos; subject = share of those
 generations in which the judge reads the subject's pattern in its colours; drift = mean
 (1 - cosine) between class-prompt generations after and before training, same seeds; leak =
@@ -49,7 +49,8 @@ from devtools.demo_files import POCKET_COFT_EPS, POCKET_OFT_LEARNING_RATE, POCKE
 from .common import setup_host
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
-README = Path(__file__).resolve().parents[1] / "README.md"
+#: The reference page that shows the table (the README links to it).
+DOC_PAGE = Path(__file__).resolve().parents[1] / "docs" / "pocket_world.md"
 MARK_BEGIN = "<!-- quality-table:begin -->"
 MARK_END = "<!-- quality-table:end -->"
 
@@ -413,19 +414,23 @@ def collect(out: Path, jobs: list[Job]) -> list[dict[str, Any]] | None:
     return rows
 
 
-def write_table(out: Path, rows: list[dict[str, Any]], command: str, meta: dict[str, Any], readme: bool) -> str:
+def with_table(page: str, text: str) -> str:
+    """``page`` with ``text`` between the quality-table markers (which must be there)."""
+    if MARK_BEGIN not in page or MARK_END not in page:
+        raise SystemExit(f"{DOC_PAGE.name} has no {MARK_BEGIN} ... {MARK_END} section")
+    head, rest = page.split(MARK_BEGIN, 1)
+    _, tail = rest.split(MARK_END, 1)
+    return f"{head}{MARK_BEGIN}\n{text}{MARK_END}{tail}"
+
+
+def write_table(out: Path, rows: list[dict[str, Any]], command: str, meta: dict[str, Any], docs: bool) -> str:
     summary = summarise(rows)
     tests = {m: anova(rows, m) for m in ("fidelity", "subject_rate", "drift", "alignment")}
     text = table_markdown(summary, tests, command, meta)
     (out / "quality.md").write_text(text)
     (out / "quality.json").write_text(json.dumps({"summary": summary, "anova": tests, "meta": meta}, indent=1))
-    if readme:
-        body = README.read_text()
-        if MARK_BEGIN not in body or MARK_END not in body:
-            raise SystemExit(f"README.md has no {MARK_BEGIN} ... {MARK_END} section")
-        head, rest = body.split(MARK_BEGIN, 1)
-        _, tail = rest.split(MARK_END, 1)
-        README.write_text(f"{head}{MARK_BEGIN}\n{text}{MARK_END}{tail}")
+    if docs:
+        DOC_PAGE.write_text(with_table(DOC_PAGE.read_text(), text))
     return text
 
 
@@ -439,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th job starting at K")
     parser.add_argument("--list", action="store_true", help="print the jobs and whether each has a result")
     parser.add_argument("--table", action="store_true", help="only collect the results into the table")
-    parser.add_argument("--readme", action="store_true", help="also write the table into README.md")
+    parser.add_argument(
+        "--docs", "--readme", dest="docs", action="store_true", help="also write the table into docs/pocket_world.md"
+    )
     args = parser.parse_args(argv)
     k, n = (int(v) for v in args.shard.split("/"))
     if not 0 <= k < n:
@@ -477,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         [f"--steps {args.steps}", "--seeds " + " ".join(map(str, args.seeds)), "--subjects " + " ".join(args.subjects)]
     )
     meta = {"steps": args.steps, "subjects": len(args.subjects), "seeds": len(args.seeds), **asdict_settings()}
-    print(write_table(out, rows, command, meta, args.readme))
+    print(write_table(out, rows, command, meta, args.docs))
     return 0
 
 

@@ -5,6 +5,11 @@ The list is read from the source (every construction of an error of the pack's f
 left out: ``tests/packaging/test_troubleshooting.py`` checks that the committed page is
 current and that every error class has advice. Parts of a message computed at run time (file
 names, values) show as ``…``.
+
+Besides the pack's own family the page lists the plain Python errors (``ValueError`` and the
+like) that shipped code raises, ComfyUI's own validation messages for the pack's inputs (the
+test checks that each quoted message is in the running ComfyUI's ``execution.py``), and what to
+change when a GPU runs out of memory.
 """
 
 from __future__ import annotations
@@ -16,7 +21,84 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "troubleshooting.md"
 ROOMS = ("adapter_core", "patching", "training", "nodes")
+#: Rooms whose plain (non-family) errors are listed too: every shipped room with code.
+PLAIN_ROOMS = (*ROOMS, "pocket")
 FAMILY_ROOT = "TapTuneError"
+#: Python's own exception classes shipped code raises with a message.
+PLAIN_ERRORS = (
+    "ValueError",
+    "RuntimeError",
+    "TypeError",
+    "KeyError",
+    "IndexError",
+    "OSError",
+    "FileNotFoundError",
+    "NotImplementedError",
+)
+
+#: ComfyUI's own validation messages (its ``execution.py``) that the pack's inputs can cause, with what to do.
+COMFY_VALIDATION: tuple[tuple[str, str], ...] = (
+    (
+        "Value not in list",
+        "A list input (adapter_name, folder, ckpt_name, resume_from, a spec's din/dout, a combo) names something "
+        "the node does not offer now: a file was moved or deleted, or the workflow was saved on another machine. "
+        "Put the file into its folder (`models/adapters/`, `input/<folder>/`), press R in the editor to refresh "
+        "the lists, and pick the value again.",
+    ),
+    (
+        "smaller than min of",
+        "A number is below the widget's minimum (for example steps 0, or a resolution under 64). The tooltip "
+        "gives the range; in an API prompt, send a value inside it.",
+    ),
+    (
+        "bigger than max of",
+        "A number is above the widget's maximum (for example batch_size over 64). Lower it to the tooltip's range.",
+    ),
+    (
+        "Required input is missing",
+        "A required socket is not connected: the trainer needs model, clip, vae, spec and instance_images; "
+        "TapTune Save Adapter needs adapter. Connect it (the help page of the node lists what to connect).",
+    ),
+    (
+        "Return type mismatch between linked nodes",
+        "A link joins sockets of different types, for example a TAPTUNE_SPEC into an IMAGE input. TAPTUNE_SPEC "
+        "comes from the spec nodes and goes to the trainer's spec; TAPTUNE_ADAPTER comes from the trainer and goes "
+        "to TapTune Save Adapter.",
+    ),
+    (
+        "Failed to convert an input value to a",
+        "An API prompt sent text where the node wants a number or a boolean. Send the widget's type.",
+    ),
+    (
+        "does not exist.",
+        "The prompt names a node class ComfyUI has not loaded: the pack is not installed in `custom_nodes/`, or "
+        "it failed to import (the console at startup says why: `IMPORT FAILED`), or the workflow is from a newer "
+        "version of the pack.",
+    ),
+    (
+        "Prompt outputs failed validation",
+        "The summary above the messages of each node; look at the node messages under it.",
+    ),
+)
+
+#: What to change when training or sampling runs out of GPU memory (ComfyUI shows its own OOM message).
+OUT_OF_MEMORY = (
+    "ComfyUI reports it as `torch.OutOfMemoryError` (or `CUDA out of memory`) with its own tip, and unloads "
+    "every model. What uses memory in training, and what to change, roughly in order of effect:",
+    "",
+    "* **batch_size**: 1 (the papers' recipes use 1). Use `gradient_accumulation` for a larger effective batch: "
+    "it costs time, not memory.",
+    "* **resolution**: 512 for SD 1.x, 768 for SD 2.x 768 models, 1024 for SDXL; each halving of the side "
+    "quarters the activations. Class images at the same size.",
+    "* **gradient_checkpointing**: on. Block activations are recomputed in the backward pass: much less memory, "
+    "about 30 % slower.",
+    "* **precision**: `auto` (bf16 where the GPU has it, else fp16 with loss scaling) or `bf16`/`fp16`; `fp32` "
+    "doubles the activations. The adapter's own weights stay fp32 either way.",
+    "* **the adapter**: OFT on every attention layer trains more parameters than the tap recipe; a smaller "
+    "`mid_dim`, fewer blocks (`blocks`), or OFT targets `attention` only keep the optimiser state small.",
+    "* **other models**: start ComfyUI with `--lowvram`, or close other programs using the GPU; previews "
+    "(`validation_every`) sample with the same model and cost little.",
+)
 
 #: What to do, per error class; the headings users see are the first element.
 ADVICE: dict[str, tuple[str, str]] = {
@@ -177,6 +259,28 @@ def raised_messages() -> list[RaisedMessage]:
     return sorted(found)
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def plain_messages() -> list[RaisedMessage]:
+    """Every message of a plain Python error (``PLAIN_ERRORS``) raised in shipped code (sorted)."""
+    found: set[RaisedMessage] = set()
+    for path in sorted(p for room in PLAIN_ROOMS for p in (ROOT / room).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Raise) or not isinstance(node.exc, ast.Call):
+                continue
+            func = node.exc.func
+            name = func.id if isinstance(func, ast.Name) else ""
+            if name not in PLAIN_ERRORS:
+                continue
+            text = " ".join(_text(node.exc.args[0] if node.exc.args else None).split())
+            found.add(
+                RaisedMessage(name, text if any(c.isalpha() for c in text) else "…", "", str(path.relative_to(ROOT)))
+            )
+    return sorted(found)
+
+
 def render() -> str:
     """The troubleshooting page."""
     messages = raised_messages()
@@ -208,6 +312,31 @@ def render() -> str:
             text = m.text.replace("|", "\\|")
             lines.append(f"| {text} | {m.input_name.replace('|', '/') or '(the node’s main input)'} | `{m.module}` |")
         lines.append("")
+    plain = plain_messages()
+    lines += [
+        "## Plain errors",
+        "",
+        "Checks deep inside the pack that raise Python's own errors. Most mean a file is damaged or is not what "
+        "its name says (a pocket model or judge file, a training checkpoint, an optimiser state): reinstall the "
+        "pack or pick another checkpoint. ComfyUI shows them with the error class and the message; when one "
+        "appears for ordinary inputs, it is a bug: please report it with the message.",
+        "",
+        "| error | message | raised in |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{m.error}` | {_cell(m.text)} | `{m.module}` |" for m in plain]
+    lines += [
+        "",
+        "## ComfyUI's own validation messages",
+        "",
+        "ComfyUI checks every input against the node's definition before anything runs, and shows these under the "
+        "node (red outline) with `Prompt outputs failed validation`:",
+        "",
+        "| message (ComfyUI's) | what to do |",
+        "|---|---|",
+    ]
+    lines += [f"| {message} | {advice} |" for message, advice in COMFY_VALIDATION]
+    lines += ["", "## Out of memory on a GPU", "", *OUT_OF_MEMORY, ""]
     return "\n".join(lines)
 
 

@@ -87,9 +87,11 @@ class TapTuneExportTrainingJob(io.ComfyNode):
             description=(
                 "Takes the inputs of TapTuneDreamBoothTrain and, instead of training, writes them as a job folder "
                 "output/taptune/jobs/<prefix>_<counter>/ (job.json in format taptune-job/1, the instance and class "
-                "images copied next to it as PNG). `python -m headless.train job.json` (or torchrun, or a Ray sweep; "
-                "see the repository's docs/distributed.md) runs exactly the loop of the node without the server and "
-                "writes models/adapters/<prefix>_<counter>.safetensors, which TapTuneLoadAdapter then lists. "
+                "images copied next to it as PNG). The headless launcher that trains it is not part of the published "
+                "pack: it is in the pack's source repository (the Repository link of its Registry page), folder "
+                "headless/. In a git clone of that repository, `python -m headless.train job.json` (or torchrun, or a "
+                "Ray sweep; its docs/distributed.md) runs exactly the loop of the node without the server and writes "
+                "models/adapters/<prefix>_<counter>.safetensors, which TapTuneLoadAdapter then lists. "
                 "ckpt_name must be the checkpoint the MODEL, CLIP and VAE come from, without LoRAs or adapters applied."
             ),
             inputs=[
@@ -152,8 +154,9 @@ class TapTuneExportTrainingJob(io.ComfyNode):
         adapter_name = adapter.relative_to(adapters_output_folder().resolve()).as_posix()
         summary = (
             f"job written: output/{job_name} ({len(instance)} instance, {len(classes or []) if with_classes else 0} "
-            f"class images); run it with `python -m headless.train {folder / JOB_FILE}` from the repository; "
-            f"it writes models/adapters/{adapter_name}"
+            f"class images). Train it with the headless launcher of the pack's source repository (not part of the "
+            f"published pack; the Repository link of its Registry page): in a git clone of it, "
+            f"`python -m headless.train {folder / JOB_FILE}`; it writes models/adapters/{adapter_name}"
         )
         if rounded:
             summary += f". {rounded} images were not 8-bit exact and were rounded to 8 bits in the PNG copies"

@@ -280,8 +280,8 @@ def load_pocket_model(path: str | Path | None = None, embedding_directory: Any =
     path = Path(path) if path is not None else MODEL_FILE
     if not path.is_file():
         raise PocketModelError(
-            "is missing: reinstall the pack, or train it again with `python -m devtools.train_pocket` "
-            "(under 30 minutes on a CPU)",
+            "is missing: it ships with the pack in pocket/weights/; reinstall the pack (ComfyUI-Manager, or "
+            "`git pull` in custom_nodes/ComfyUI-TapTune)",
             file=path.name,
         )
     try:

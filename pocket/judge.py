@@ -159,7 +159,7 @@ def load_judge(path: str | Path | None = None) -> Judge:
 
     path = Path(path) if path is not None else WEIGHTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no judge at {path}: train it with `python -m devtools.train_judge`")
+        raise FileNotFoundError(f"no judge at {path}: it ships with the pack in pocket/weights/; reinstall the pack")
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("pocket_judge", "{}"))
     if meta.get("format") != FORMAT or meta.get("heads") != {k: list(v) for k, v in HEADS.items()}:

@@ -38,3 +38,28 @@ def test_a_real_error_is_found_on_the_page():
         TapConfig("ffni", "attn1i")
     assert _listed(str(caught.value)), str(caught.value)
     assert not _listed("a message the pack never raises, zebra quartz")
+
+
+def test_plain_errors_of_shipped_code_are_listed():
+    from devtools.troubleshooting import plain_messages
+
+    texts = {(m.error, m.text) for m in plain_messages()}
+    assert ("ValueError", "optimiser state does not match the adapter") in texts
+    assert "## Plain errors" in PAGE.read_text()
+
+
+def test_the_comfyui_messages_quoted_are_comfyuis_own():
+    from devtools.comfy_host import COMFY_DIR
+    from devtools.troubleshooting import COMFY_VALIDATION
+
+    source = (COMFY_DIR / "execution.py").read_text()
+    for message, _ in COMFY_VALIDATION:
+        assert message in source, message
+    assert "## ComfyUI's own validation messages" in PAGE.read_text()
+
+
+def test_out_of_memory_advice_names_what_to_change():
+    page = PAGE.read_text()
+    section = page.split("## Out of memory on a GPU", 1)[1]
+    for setting in ("batch_size", "resolution", "gradient_checkpointing", "precision"):
+        assert f"**{setting}**" in section, setting

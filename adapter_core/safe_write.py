@@ -8,8 +8,11 @@
   id: libraries that write through their own temporary next to the file they are given
   (safetensors' ``save_file`` does) leave theirs inside it, not in the user's folder. A writer
   killed mid-write leaves that folder behind, and the next write into the same folder deletes
-  those of processes that no longer run.
-* Files get the permissions the umask gives (as any program's new files), not ``0600``.
+  those of processes that no longer run. Only folders that prove to be a writer's are deleted:
+  a folder with the writer's marker file in it (or an empty one). A file, or a folder of the
+  user's, whose name merely looks like a temporary folder is never touched.
+* Files get the permissions the umask gives (as any program's new files), not ``0600``, also
+  when the library that writes replaced the temporary with a file of its own (safetensors does).
 * New numbered files (``<prefix>_00001.safetensors``) take the prefix literally (glob
   characters are just characters) and the next free number.
 """
@@ -21,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +36,11 @@ _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+" + re.escape(TEMP_SUFFIX) + "$
 MAX_NAME_BYTES = 200
 #: How many taken numbers a numbered write skips before giving up (another writer racing forever).
 MAX_NUMBER_ATTEMPTS = 1000
+#: Most subfolders a ``filename_prefix`` may name, and its longest text.
+MAX_PREFIX_DEPTH = 32
+MAX_PREFIX_CHARS = 1024
+#: The file every temporary folder holds from its creation on: what makes a folder the writer's.
+TEMP_MARKER = ".taptune-writer"
 
 
 def _process_alive(pid: int) -> bool:
@@ -44,8 +53,25 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _is_writers_folder(path: str, name: str) -> bool:
+    """Whether the folder ``path`` is a writer's temporary folder: its marker names it, or it is empty."""
+    try:
+        with open(os.path.join(path, TEMP_MARKER), "rb") as marker:
+            return marker.read(len(name) + 1) == name.encode("utf-8", "surrogateescape")
+    except OSError:
+        pass
+    try:
+        return not os.listdir(path)  # killed between creating the folder and its marker
+    except OSError:
+        return False
+
+
 def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:
-    """Delete the temporary folders (and files, of earlier versions) of writers that no longer run; returns their names."""
+    """Delete the temporary folders of writers that no longer run; returns their names.
+
+    A folder is deleted only if it is a real folder (not a link) holding the writer's marker, or empty;
+    files are never deleted, whatever their name.
+    """
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -59,10 +85,9 @@ def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:
         if pid == os.getpid() or _process_alive(pid):
             continue
         try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:  # a temporary file of an earlier version
-                os.unlink(entry.path)
+            if not entry.is_dir(follow_symlinks=False) or not _is_writers_folder(entry.path, entry.name):
+                continue
+            shutil.rmtree(entry.path)
             removed.append(entry.name)
         except OSError:
             pass
@@ -94,8 +119,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], *
     os.mkdir(tmp_folder, 0o700)  # fails if it exists: never someone else's folder
     tmp = tmp_folder / target.name
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
+        with open(tmp_folder / TEMP_MARKER, "xb") as marker:
+            marker.write(tmp_folder.name.encode("utf-8", "surrogateescape"))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
         write(str(tmp))
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # the library put a file of its own (0600) in place
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         if replace:
@@ -126,12 +159,22 @@ def _checked_prefix(root: Path, prefix: str) -> tuple[Path, str]:
     """The folder and the file stem a ``filename_prefix`` names, or :class:`ConfigError`."""
     if not isinstance(prefix, str):
         raise ConfigError("must be text", input_name="filename_prefix")
+    if len(prefix) > MAX_PREFIX_CHARS:
+        raise ConfigError(
+            f"is longer than {MAX_PREFIX_CHARS} characters; use a short name like 'taptune/dog'",
+            input_name="filename_prefix",
+        )
     cleaned = prefix.strip().replace("\\", "/").strip("/")
     if not cleaned:
-        raise ConfigError("is empty", input_name="filename_prefix")
+        raise ConfigError("is empty; give a name like 'taptune/dog'", input_name="filename_prefix")
     if "\x00" in cleaned or any(ord(c) < 32 for c in cleaned):
         raise ConfigError("holds control characters", input_name="filename_prefix")
     parts = cleaned.split("/")
+    if len(parts) > MAX_PREFIX_DEPTH + 1:
+        raise ConfigError(
+            f"names {len(parts) - 1} subfolders, more than {MAX_PREFIX_DEPTH}; use a shallower name like 'taptune/dog'",
+            input_name="filename_prefix",
+        )
     if any(part in ("", ".", "..") for part in parts):
         raise ConfigError(
             f"{prefix[:100]!r} points outside the output folder ('.', '..' and empty parts are not allowed)",

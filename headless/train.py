@@ -41,41 +41,122 @@ class Terminated(Exception):
     """The launcher asked this process to stop (SIGTERM: under torchrun, another rank failed)."""
 
 
+def one_line(text: str) -> str:
+    """``text`` as one printable line: line breaks and other control characters escaped, any text encodable."""
+    out = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+    return out.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_checkpoint_file(path: Path, field: str = "checkpoint") -> None:
+    """Refuse, before ComfyUI reads it, a checkpoint that is not a regular file or not a safetensors/torch file."""
+    import zipfile
+
+    import safetensors
+
+    from taptune.adapter_core.errors import TapTuneError
+    from taptune.adapter_core.safe_read import open_regular
+    from taptune.training.job_file import JobFileError
+
+    def refuse(why: str) -> JobFileError:
+        return JobFileError(
+            f"{field}: {path.name} {why}; name an SD 1.x, SD 2.x or SDXL checkpoint file (.safetensors or .ckpt)",
+            input_name=field,
+        )
+
+    try:
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(8)
+    except TapTuneError as exc:
+        raise refuse(exc.message) from None
+    if size < 8:
+        raise refuse("is empty or truncated")
+    if path.suffix.lower() in (".safetensors", ".sft"):
+        try:
+            with safetensors.safe_open(str(path), framework="pt", device="cpu") as handle:
+                keys = list(handle.keys())
+        except (safetensors.SafetensorError, OSError, ValueError):
+            raise refuse("is not a readable safetensors file (truncated or corrupt?)") from None
+        if not keys:
+            raise refuse("holds no tensors")
+        return
+    if head[:2] != b"PK":
+        raise refuse("is neither a safetensors file nor a torch.save archive (older pickles are not read)")
+    try:  # torch.save's zip archive: stored entries whose sizes its bytes back
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        raise refuse("is a damaged archive") from None
+    declared = sum(entry.file_size for entry in entries)
+    if any(entry.compress_type != zipfile.ZIP_STORED for entry in entries) or declared > size:
+        raise refuse("is an archive with compressed or oversized entries (torch.save writes neither)")
+
+
 def load_checkpoint(path: Path) -> tuple[Any, Any, Any]:
-    """MODEL, CLIP and VAE of a checkpoint file, as ComfyUI's CheckpointLoaderSimple loads them."""
+    """MODEL, CLIP and VAE of a checkpoint file, as ComfyUI's CheckpointLoaderSimple loads them.
+
+    A file ComfyUI cannot load is the job's ``checkpoint`` error (whatever ComfyUI raised, named in it).
+    """
     import comfy.sd
     import folder_paths
 
-    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(
-        str(path), output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings")
-    )
+    from taptune.training.job_file import JobFileError
+
+    check_checkpoint_file(path)
+    try:
+        model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(
+            str(path),
+            output_vae=True,
+            output_clip=True,
+            embedding_directory=folder_paths.get_folder_paths("embeddings"),
+        )
+    except Exception as exc:  # ComfyUI raises many kinds (RuntimeError, KeyError, unpickling errors...)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise JobFileError(
+            f"checkpoint: ComfyUI cannot load {path.name} ({type(exc).__name__}{': ' + detail if detail else ''}); "
+            "name an SD 1.x, SD 2.x or SDXL checkpoint file",
+            input_name="checkpoint",
+        ) from None
+    if model is None or clip is None or vae is None:
+        raise JobFileError(
+            f"checkpoint: {path.name} lacks a UNet, a text encoder or a VAE; name a full checkpoint file",
+            input_name="checkpoint",
+        )
     return model, clip, vae
 
 
-def read_images(folder: Path, field: str) -> list[torch.Tensor]:
-    """The images of a folder in natural name order, read as TapTuneLoadImageFolder reads them."""
+def read_images(folder: Path, field: str, *, decode: bool = True) -> list[torch.Tensor]:
+    """The images of a folder in natural name order, read as TapTuneLoadImageFolder reads them.
+
+    With ``decode=False`` only the listing, the links and the budgets are checked (headers read, no pixels).
+    """
     from taptune.adapter_core.errors import TapTuneError
-    from taptune.nodes.image_folder import read_folder
+    from taptune.training.image_files import check_folder, read_folder
     from taptune.training.job_file import JobFileError
 
+    name = field.split(".")[0]
     if not folder.is_dir():
-        raise JobFileError(f"{field}: no folder {folder}", input_name=field.split(".")[0])
+        raise JobFileError(f"{field}: no folder {folder}; name a folder of images", input_name=name)
     try:
+        if not decode:
+            if not check_folder(folder):
+                raise JobFileError(f"{field}: no images in {folder}", input_name=name)
+            return []
         images, _captions, _names = read_folder(folder)
+    except JobFileError:
+        raise
     except TapTuneError as exc:
-        raise JobFileError(f"{field}: {exc.file or ''} {exc.message}".strip(), input_name=field.split(".")[0]) from None
+        raise JobFileError(f"{field}: {exc.file or ''} {exc.message}".strip(), input_name=name) from None
     if not images:
-        raise JobFileError(f"{field}: no images in {folder}", input_name=field.split(".")[0])
+        raise JobFileError(f"{field}: no images in {folder}", input_name=name)
     return images
 
 
 def class_images(job: Any, model: Any, clip: Any, vae: Any) -> list[torch.Tensor] | None:
     """The job's class images: its folder, or generated by the base model (cached next to the job)."""
-    import comfy.samplers
-
     from taptune.training.class_image_cache import ClassImageSettings, generate_class_images
     from taptune.training.images import flatten_images
-    from taptune.training.job_file import JobFileError
+    from taptune.training.job_file import GENERATE_DEFAULTS
 
     if job.settings.prior_loss_weight <= 0:
         return None
@@ -83,28 +164,8 @@ def class_images(job: Any, model: Any, clip: Any, vae: Any) -> list[torch.Tensor
         return read_images(job.class_folder, "class.folder")
     if job.class_generate is None:
         return None  # the trainer's own check names class_images
-    g = {
-        "count": 100,
-        "seed": 0,
-        "steps": 25,
-        "cfg": 7.0,
-        "sampler_name": "euler",
-        "scheduler": "normal",
-        "width": 512,
-        "height": 512,
-        "negative_prompt": "",
-        **job.class_generate,
-    }
-    if g["sampler_name"] not in comfy.samplers.KSampler.SAMPLERS:
-        raise JobFileError(
-            f"class.generate.sampler_name: unknown sampler {g['sampler_name'][:40]!r}", input_name="class"
-        )
-    if g["scheduler"] not in comfy.samplers.KSampler.SCHEDULERS:
-        raise JobFileError(f"class.generate.scheduler: unknown scheduler {g['scheduler'][:40]!r}", input_name="class")
-    if not (1 <= g["count"] <= 10000 and 1 <= g["steps"] <= 200 and g["width"] % 8 == 0 and g["height"] % 8 == 0):
-        raise JobFileError(
-            "class.generate: count 1..10000, steps 1..200, width and height multiples of 8", input_name="class"
-        )
+    g = {**GENERATE_DEFAULTS, **job.class_generate}  # bounds and total size: checked by read_job
+    check_sampler(g)
     settings = ClassImageSettings(
         job.class_prompt.strip(),
         g["negative_prompt"],
@@ -119,6 +180,60 @@ def class_images(job: Any, model: Any, clip: Any, vae: Any) -> list[torch.Tensor
     )
     images, _ = generate_class_images(model, clip, vae, settings, job.folder / "class_images")
     return flatten_images(images)
+
+
+def check_sampler(generate: dict[str, Any]) -> None:
+    """``class.generate``'s sampler and scheduler must be ComfyUI's (known only with ComfyUI imported)."""
+    import comfy.samplers
+
+    from taptune.training.job_file import JobFileError
+
+    if generate.get("sampler_name", "euler") not in comfy.samplers.KSampler.SAMPLERS:
+        raise JobFileError(
+            f"class.generate.sampler_name: unknown sampler {generate['sampler_name'][:40]!r}; "
+            f"use one of ComfyUI's ({', '.join(comfy.samplers.KSampler.SAMPLERS[:6])} ...)",
+            input_name="class",
+        )
+    if generate.get("scheduler", "normal") not in comfy.samplers.KSampler.SCHEDULERS:
+        raise JobFileError(
+            f"class.generate.scheduler: unknown scheduler {generate['scheduler'][:40]!r}; "
+            f"use one of {', '.join(comfy.samplers.KSampler.SCHEDULERS)}",
+            input_name="class",
+        )
+
+
+def check_job(job_path: str | os.PathLike[str], resume: str | None = None) -> Any:
+    """Read a job and check everything that can be checked without ComfyUI or training: the file, every
+    field, the output, the checkpoint file's kind, the image folders (listing, links, budgets). Returns the job.
+    """
+    from taptune.training.job_file import JobFileError, read_job
+
+    job = read_job(job_path)
+    try:
+        if resume:
+            job.settings.resume_from = str(Path(resume).resolve())
+        if job.adapter.exists():
+            raise JobFileError(
+                f"output.adapter {job.adapter} exists: a job never replaces a file (did this job run already?)",
+                input_name="output",
+            )
+        if not job.checkpoint.exists():
+            raise JobFileError(
+                f"checkpoint: no file {job.checkpoint}; give the checkpoint's path", input_name="checkpoint"
+            )
+        check_checkpoint_file(job.checkpoint)
+        read_images(job.instance_folder, "instance.folder", decode=False)
+        if job.class_folder is not None and job.settings.prior_loss_weight > 0:
+            read_images(job.class_folder, "class.folder", decode=False)
+    except JobFileError as exc:
+        raise exc.concerning(file=str(job.path)) from None
+    except (OSError, ValueError, RuntimeError) as exc:  # a path the system cannot take (too long, a loop)
+        raise JobFileError(
+            f"a path of the job cannot be used ({type(exc).__name__}); check the job's paths",
+            input_name="format",
+            file=str(job.path),
+        ) from None
+    return job
 
 
 def _kill_hook(rank: int) -> int | None:
@@ -142,20 +257,11 @@ def run_job(
     """
     from taptune.adapter_core.file_format import write_adapter_file
     from taptune.adapter_core.safe_write import atomic_write
-    from taptune.training.job_file import JobFileError, read_job
+    from taptune.training.job_file import JobFileError
     from taptune.training.run import run_dreambooth
+    from taptune.training.run_inputs import ImageSet, RunInputs
 
-    job = read_job(job_path)
-    if resume:
-        job.settings.resume_from = str(Path(resume).resolve())
-    if job.adapter.exists():
-        raise JobFileError(
-            f"output.adapter {job.adapter} exists: a job never replaces a file (did this job run already?)",
-            input_name="output",
-            file=str(job.path),
-        )
-    if not job.checkpoint.is_file():
-        raise JobFileError(f"checkpoint: no file {job.checkpoint}", input_name="checkpoint", file=str(job.path))
+    job = check_job(job_path, resume)
     rank = getattr(sync, "rank", 0)
     world = getattr(sync, "world_size", 1)
     writes = sync is None or sync.writes_files
@@ -171,20 +277,19 @@ def run_job(
 
     # The executor runs every node under inference mode (and the trainer is written for it): so does this.
     with torch.inference_mode():
-        model, clip, vae = load_checkpoint(job.checkpoint)
-        instance = read_images(job.instance_folder, "instance.folder")
-        classes = class_images(job, model, clip, vae)
+        try:
+            model, clip, vae = load_checkpoint(job.checkpoint)
+            instance = read_images(job.instance_folder, "instance.folder")
+            classes = class_images(job, model, clip, vae)
+        except JobFileError as exc:
+            raise exc.concerning(file=str(job.path)) from None
         start = time.perf_counter()
         result, trained = run_dreambooth(
             model,
             clip,
             vae,
             job.spec,
-            instance,
-            job.instance_prompt,
-            job.class_prompt,
-            classes,
-            job.settings,
+            RunInputs(ImageSet(instance, job.instance_prompt), ImageSet(classes or [], job.class_prompt), job.settings),
             report,
             sync,
         )
@@ -260,20 +365,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-directory", help="ComfyUI's base folder (default: a temporary one)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a collective waits for the other ranks")
     parser.add_argument("--result", help="also write the result row as JSON to this file (rank 0)")
+    parser.add_argument(
+        "--check", action="store_true", help="only read and check the job (fields, files, image folders); train nothing"
+    )
     args = parser.parse_args(argv)
+
+    import_pack()  # the pack alone (no ComfyUI yet): enough to read and check the job
+    from taptune.adapter_core.errors import TapTuneError
 
     from .distributed import launched_distributed, start_process_group, stop_process_group
 
-    device = prepare(args.base_directory, args.device)
-    from taptune.adapter_core.errors import TapTuneError
+    def refused(exc: TapTuneError) -> int:
+        field = f" (field '{exc.input_name}')" if exc.input_name else ""
+        print(one_line(f"TapTune headless: {exc}{field}"), file=sys.stderr, flush=True)
+        return EXIT_INPUT
 
+    try:  # the job's own faults, before ComfyUI is imported (seconds) or any rank waits for another
+        job = check_job(args.job, args.resume)
+    except TapTuneError as exc:
+        return refused(exc)
+    if args.check:
+        print(one_line(f"{job.path}: the job reads and checks cleanly (nothing was trained)"))
+        return 0
+    device = prepare(args.base_directory, args.device)
     sync = None
     rank, world = 0, 1
 
     def terminated(signum: int, frame: Any) -> None:
         raise Terminated()
 
-    signal.signal(signal.SIGTERM, terminated)
+    previous = signal.signal(signal.SIGTERM, terminated)
     started = time.time()
     try:
         if launched_distributed():
@@ -281,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             rank, world = sync.rank, sync.world_size
         row = run_job(args.job, resume=args.resume, sync=sync)
     except TapTuneError as exc:
-        print(f"TapTune headless: {exc}" + (f" (field '{exc.input_name}')" if exc.input_name else ""), file=sys.stderr)
-        return EXIT_INPUT
+        return refused(exc)
     except (Terminated, RuntimeError) as exc:
         if sync is None and not isinstance(exc, Terminated):
             raise
@@ -305,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_GROUP
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if sync is not None:
             with contextlib.suppress(RuntimeError):  # a broken group may not close cleanly
                 stop_process_group()

@@ -11,6 +11,7 @@ import folder_paths
 from comfy_api.v0_0_2 import io
 
 from ..training.class_image_cache import ClassImageSettings, generate_class_images
+from ..training.images import check_image_budget
 from .common import CATEGORY_TRAIN, NodeInputError, bounded_integer, bounded_number, choice, node_errors
 
 NODE = "TapTuneClassImages"
@@ -108,6 +109,8 @@ class TapTuneClassImages(io.ComfyNode):
                 size[0],
                 size[1],
             )
+            # The images come out as one float32 batch: count x width x height within one set's budget.
+            check_image_budget(settings.count, settings.count * size[0] * size[1], "count")
         bar = comfy.utils.ProgressBar(settings.count, node_id=cls.hidden.unique_id)
 
         def progress(done: int, total: int, preview: Any) -> None:

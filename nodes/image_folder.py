@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import folder_paths
-import numpy as np
 import torch
 from comfy_api.v0_0_2 import io
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..adapter_core.errors import TapTuneError
-from ..training.images import RESIZE_MODES, prepare_images
+from ..training import image_files
+from ..training.image_files import IMAGE_SUFFIXES, MAX_CAPTION_BYTES
+from ..training.images import MAX_IMAGE_COUNT, MAX_IMAGE_PIXELS, RESIZE_MODES, prepare_images
 from .common import CATEGORY_TRAIN, NodeInputError, bounded_integer, choice, node_errors
 from .user_paths import resolve_user_path
 
 NODE = "TapTuneLoadImageFolder"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-#: Most images one folder may hold, and the largest picture (pixels) read.
-MAX_IMAGES = 10_000
-MAX_PIXELS = 64 * 2**20
-MAX_CAPTION_BYTES = 64 * 1024
-
-
-def _natural(name: str) -> list[object]:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+#: Most images one folder may hold, and the largest picture (pixels) read (totals: training/images.py).
+MAX_IMAGES = MAX_IMAGE_COUNT
+MAX_PIXELS = MAX_IMAGE_PIXELS
+__all__ = ["IMAGE_SUFFIXES", "MAX_CAPTION_BYTES", "MAX_IMAGES", "MAX_PIXELS", "TapTuneLoadImageFolder", "read_folder"]
 
 
 def input_folders() -> list[str]:
@@ -37,48 +31,14 @@ def input_folders() -> list[str]:
     return [f for f in folders if not any(part.startswith(".") for part in f.split("/"))]
 
 
-def _read_image(file: Path) -> torch.Tensor:
-    try:
-        with Image.open(file) as opened:
-            if opened.width * opened.height > MAX_PIXELS:
-                raise NodeInputError(NODE, "folder", f"is larger than {MAX_PIXELS} pixels", file.name)
-            rgb = ImageOps.exif_transpose(opened).convert("RGB")
-    except NodeInputError:
-        raise
-    except Image.DecompressionBombError:
-        # Pillow refuses pictures far over its own limit before the header size reaches our check.
-        raise NodeInputError(NODE, "folder", f"is larger than {MAX_PIXELS} pixels", file.name) from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        raise NodeInputError(NODE, "folder", "is not a readable image (truncated or corrupt?)", file.name) from None
-    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
-
-
-def _read_caption(file: Path) -> str:
-    caption = file.with_suffix(".txt")
-    if not caption.exists():
-        return ""
-    try:
-        if not caption.is_file() or caption.stat().st_size > MAX_CAPTION_BYTES:
-            raise NodeInputError(NODE, "folder", f"must be a text file under {MAX_CAPTION_BYTES} bytes", caption.name)
-        text = caption.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise NodeInputError(NODE, "folder", "is not UTF-8 text", caption.name) from None
-    except OSError:
-        raise NodeInputError(NODE, "folder", "cannot be read", caption.name) from None
-    return " ".join(text.split())
-
-
 def read_folder(folder: Path) -> tuple[list[torch.Tensor], list[str], list[str]]:
-    """Images (``[H, W, 3]``, 0..1) in natural name order, their captions ('' where none), file names."""
-    files = sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-        key=lambda p: _natural(p.name),
-    )
-    if len(files) > MAX_IMAGES:
-        raise NodeInputError(NODE, "folder", f"holds more than {MAX_IMAGES} images")
-    images = [_read_image(file) for file in files]
-    captions = [_read_caption(file) for file in files]
-    return images, captions, [f.name for f in files]
+    """Images (``[H, W, 3]``, 0..1) in natural name order, their captions ('' where none), file names.
+
+    Links, budgets and captions are checked before any picture is decoded (``training/image_files.py``);
+    problems are the node's ``folder`` error naming the file.
+    """
+    with node_errors(NODE, "folder"):
+        return image_files.read_folder(folder)
 
 
 class TapTuneLoadImageFolder(io.ComfyNode):

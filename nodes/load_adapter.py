@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from comfy_api.v0_0_2 import io, ui
 
 from ..adapter_core.architecture import describe_architecture
+from ..adapter_core.errors import TapTuneError
 from ..adapter_core.file_format import load_adapter_file
 from ..patching.apply import adapter_set_for_model, apply_adapter_file
 from ..patching.model_access import model_architecture, unet_parameter_count
@@ -60,9 +63,21 @@ class TapTuneLoadAdapter(io.ComfyNode):
         with node_errors(node, "strength"):
             weight = bounded_number(strength, "strength", -10.0, 10.0)
         path = adapter_path(node, "adapter_name", adapter_name)
-        with node_errors(node, "adapter_name"):
+        with node_errors(node, "adapter_name"), about_file(adapter_name):
             patched = apply_adapter_file(model, path, weight)
         return io.NodeOutput(patched)
+
+
+@contextlib.contextmanager
+def about_file(name: str) -> Iterator[None]:
+    """Errors raised inside concern the adapter file ``name`` (a shape that does not fit the MODEL names it too).
+
+    With several loaders in a graph, the file is what tells them apart.
+    """
+    try:
+        yield
+    except TapTuneError as exc:
+        raise exc.concerning(file=str(name)) from None
 
 
 def describe_adapter_file(path: Any, name: str, model: Any | None = None) -> str:
@@ -119,6 +134,6 @@ class TapTuneAdapterInfo(io.ComfyNode):
     def execute(cls, adapter_name: str, model: Any = None) -> io.NodeOutput:
         node = "TapTuneAdapterInfo"
         path = adapter_path(node, "adapter_name", adapter_name)
-        with node_errors(node, "adapter_name"):
+        with node_errors(node, "adapter_name"), about_file(adapter_name):
             text = describe_adapter_file(path, adapter_name, model)
         return io.NodeOutput(text, ui=ui.PreviewText(text))

@@ -12,6 +12,13 @@ from .errors import TrainingInputError
 RESIZE_MODES: tuple[str, ...] = ("center_crop", "buckets", "none")
 BUCKET_STEP = 64
 MAX_ASPECT = 2.5
+#: Budgets of one set of training images (an image folder, a job's class images): each image
+#: becomes a float32 tensor of 12 bytes per pixel, so 2^28 pixels in all is 3 GiB. Checked from
+#: the files' headers (or the requested sizes) before anything is decoded or generated.
+MAX_IMAGE_COUNT = 10_000
+MAX_IMAGE_PIXELS = 64 * 2**20
+MAX_TOTAL_PIXELS = 2**28
+MAX_TOTAL_BYTES = 2 * 2**30
 
 
 def flatten_images(images: torch.Tensor | Iterable[torch.Tensor] | None) -> list[torch.Tensor]:
@@ -25,6 +32,26 @@ def flatten_images(images: torch.Tensor | Iterable[torch.Tensor] | None) -> list
             batch = batch.unsqueeze(0)
         out.extend(img[..., :3] for img in batch)
     return out
+
+
+def check_image_budget(count: int, total_pixels: int, input_name: str, total_bytes: int = 0) -> None:
+    """Refuse a set of ``count`` images of ``total_pixels`` pixels (``total_bytes`` on disk) over the budgets."""
+    if count > MAX_IMAGE_COUNT:
+        raise TrainingInputError(
+            input_name, f"holds {count:,} images, more than {MAX_IMAGE_COUNT:,}; use fewer images (or split the set)"
+        )
+    if total_pixels > MAX_TOTAL_PIXELS:
+        raise TrainingInputError(
+            input_name,
+            f"{count:,} images of {total_pixels:,} pixels in all are more than the {MAX_TOTAL_PIXELS:,} pixels "
+            f"({MAX_TOTAL_PIXELS * 12 // 2**30} GiB as tensors) one set may hold; use fewer or smaller images",
+        )
+    if total_bytes > MAX_TOTAL_BYTES:
+        raise TrainingInputError(
+            input_name,
+            f"{count:,} image files of {total_bytes:,} bytes in all are more than the {MAX_TOTAL_BYTES:,} bytes "
+            "one set may read; use fewer or smaller files",
+        )
 
 
 def _resize(img: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -167,6 +167,18 @@ ADVICE: dict[str, tuple[str, str]] = {
         "`taptune-job/1`). Export the job again with TapTune Export Training Job, or fix the field; paths in a "
         "job are relative to its folder except the checkpoint, the adapter and the checkpoint folder.",
     ),
+    "FileReadError": (
+        "A named file is not a regular file, or is too large",
+        "Job files, plans, captions and pictures are read only as regular files (never a pipe, a device or a "
+        "folder) and only up to their stated size (docs/robustness.md lists the budgets). Name the file meant, "
+        "or split a large one.",
+    ),
+    "ImageFolderError": (
+        "A folder of training images breaks one of its rules",
+        "The message names the file. Replace or remove a damaged picture; resize one over 64 Mpx; keep a folder "
+        "within 10,000 pictures, 2^28 pixels and 2 GiB in all (use fewer or smaller pictures); copy files into "
+        "the folder instead of linking to files outside it; captions are UTF-8 `.txt` files under 64 KiB.",
+    ),
     "PocketModelError": (
         "The pocket model's weights file is missing or damaged",
         "TapTune Pocket Model loads `pocket/weights/pocket_model.safetensors` from the pack's own folder. "

@@ -56,12 +56,102 @@ def _input_line(name: str, spec: tuple, optional: bool) -> str:
 
 NO_INPUTS = "None: the node needs no input."
 
+#: Per node: (when to use it, what to connect). Spec nodes of a newly registered adapter kind get
+#: ``spec_usage`` from their schema; every other node must have an entry (the docs test checks).
+USAGE: dict[str, tuple[str, str]] = {
+    "TapTuneDreamBoothTrain": (
+        "To teach the model a subject or a style from a few images, inside the graph. The first node to try "
+        "after loading a checkpoint: the template *dreambooth_tap_attn2o_ffni* is built around it.",
+        "model, clip and vae from Load Checkpoint (or TapTune Pocket Model); spec from TapTune Tap Adapter Spec "
+        "or TapTune OFT Spec; instance_images from TapTune Load Image Folder (or Load Image); class_images from "
+        "TapTune Class Images. MODEL goes to a KSampler (sample with the trained adapter at once), adapter to "
+        "TapTune Save Adapter, loss to Preview Image.",
+    ),
+    "TapTuneTapSpec": (
+        "To train tap-point adapters (the Closer-Look paper). Its defaults are the paper's best recipe "
+        "(attn2o -> ffni, mid_dim 60); change din/dout to explore the 20 valid pairs.",
+        "Its spec output to the spec input of TapTune DreamBooth Train (or TapTune Export Training Job). Chain it "
+        "into another spec node's spec input to train several groups (transformer blocks and ResBlocks) in one file.",
+    ),
+    "TapTuneOFTSpec": (
+        "To train OFT or COFT rotations (the OFT paper): they keep the angles between neurons, so the model "
+        "keeps more of what it knew; COFT (coft on) bounds how far it moves.",
+        "Its spec output to the spec input of TapTune DreamBooth Train (or TapTune Export Training Job).",
+    ),
+    "TapTuneClassImages": (
+        "For prior preservation: DreamBooth trains on images of the subject's class too, so the class word keeps "
+        "its meaning. Generated once by your own model and cached.",
+        "model, clip and vae from the same loader as the trainer; its IMAGE output to the trainer's class_images. "
+        "Use the trainer's class_prompt here too.",
+    ),
+    "TapTuneLoadImageFolder": (
+        "To load the subject's photos (or captioned image/text pairs) from a folder in ComfyUI's input/.",
+        "IMAGE to the trainer's instance_images; with require_captions on, captions to the trainer's "
+        "instance_prompt (one caption per image).",
+    ),
+    "TapTuneSaveAdapter": (
+        "To keep what a training run learned as a small file, to share or to load in any other workflow.",
+        "adapter from TapTune DreamBooth Train. The file appears at once in TapTune Load Adapter's list.",
+    ),
+    "TapTuneLoadAdapter": (
+        "To sample with a trained adapter (tap or OFT), like a LoRA loader.",
+        "model from Load Checkpoint (or from another loader: adapters and LoRAs stack); MODEL to a KSampler.",
+    ),
+    "TapTuneAdapterInfo": (
+        "To see what an adapter file is: kind, settings, trigger word, steps, how many parameters.",
+        "Nothing is needed; connect a MODEL to also see whether the file fits it. STRING to a text display "
+        "(the node shows its text itself).",
+    ),
+    "TapTuneExportTrainingJob": (
+        "To train outside the server: on another machine, headless, on several GPUs with torchrun, or as a sweep. "
+        "The launcher is in the pack's source repository, not in the published pack.",
+        "The same inputs as TapTune DreamBooth Train, and ckpt_name: the checkpoint file the MODEL was loaded "
+        "from, without LoRAs or adapters applied.",
+    ),
+    "TapTuneImportOfficialAdapters": (
+        "To use adapters trained with the Closer-Look paper's official code in ComfyUI.",
+        "Nothing: pick the folder; the converted file appears in TapTune Load Adapter's list.",
+    ),
+    "TapTuneImportOFT": (
+        "To use OFT adapters trained with Hugging Face PEFT (0.16 or newer) or the OFT paper's DreamBooth code.",
+        "Nothing is needed; connect a MODEL to check the file against it. The converted file appears in TapTune "
+        "Load Adapter's list.",
+    ),
+    "TapTuneExportOFTAsLoRA": (
+        "To use a TapTune OFT adapter in a tool that only loads LoRAs: writes the exact weight differences.",
+        "model: the checkpoint the adapter was trained on. Load the written file with LoraLoaderModelOnly.",
+    ),
+    "TapTuneImageGrid": (
+        "To compare images side by side with labels (base vs adapted, one cell per setting).",
+        "images: an image batch (ImageBatch of several VAE Decode outputs); IMAGE to Save Image or Preview Image.",
+    ),
+    "TapTunePocketModel": (
+        "To try everything on a CPU in minutes: a small trained model of coloured shapes at 64x64 that ships "
+        "with the pack (captions like `a red star on a blue background`).",
+        "Use it where Load Checkpoint would be: MODEL, CLIP and VAE to the trainer, the samplers and CLIP Text "
+        "Encode. Sample at 64x64 (EmptyLatentImage), euler, 20 steps, cfg 5.",
+    ),
+}
+
+
+def spec_usage(schema: Any) -> tuple[str, str] | None:
+    """The usage of a spec node of an adapter kind the pack does not describe by hand (None: not a spec node)."""
+    if not any(o.io_type == "TAPTUNE_SPEC" for o in schema.outputs):
+        return None
+    return (
+        f"To train adapters of this kind ({schema.display_name}).",
+        "Its spec output to the spec input of TapTune DreamBooth Train (or TapTune Export Training Job).",
+    )
+
 
 def render(node_cls: Any) -> str:
     """The help page of one node class, in Markdown."""
     schema = node_cls.GET_SCHEMA()
     spec = node_cls.INPUT_TYPES()
     lines = [f"# {schema.display_name}", "", f"`{schema.node_id}` in *{schema.category}*", "", schema.description, ""]
+    usage = USAGE.get(schema.node_id) or spec_usage(schema)
+    if usage is not None:
+        lines += ["## When to use it", "", usage[0], "", "## What to connect", "", usage[1], ""]
     lines += ["## Inputs", ""]
     if not any(spec.get(section) for section in ("required", "optional")):
         lines.append(NO_INPUTS)

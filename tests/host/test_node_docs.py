@@ -21,3 +21,8 @@ def test_every_input_of_every_node_is_documented_with_a_tooltip():
         assert inputs or NO_INPUTS in text, path  # a node without inputs says so
         for name, line in inputs:
             assert line.rstrip().endswith((".", ")")) and len(line.split(". ", 1)) == 2, (path.parent.name, name)
+
+
+def test_every_help_page_says_when_to_use_the_node_and_what_to_connect():
+    for path, text in expected_pages().items():
+        assert "## When to use it" in text and "## What to connect" in text, path.parent.name

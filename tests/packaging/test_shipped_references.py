@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import re
 
-from tests.packaging.test_publishing import ROOT, published_files
+from .test_publishing import ROOT, published_files
 
 #: Folders of the repository the published archive leaves out.
 UNPUBLISHED = ("devtools", "headless", "bench", "tests")

@@ -170,27 +170,32 @@ def load_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:
     return AdapterFile(header["kind"], header["adapters"], tensors, header.get("base"), info, name)
 
 
-def split_by_module(
-    tensors: dict[str, torch.Tensor], modules: list[str], marker: str
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Group ``<module>.<marker>.<rest>`` tensors by module: ``{module: {"<marker>.<rest>": t}}``.
+#: Dots looked at in a tensor name when finding its module (module paths have fewer than 20).
+MAX_NAME_DOTS = 64
 
-    Raises when a listed module has no tensor; tensors of unlisted modules are reported
-    by :func:`unclaimed_tensors`.
+
+def split_by_prefix(
+    tensors: dict[str, torch.Tensor], prefixes: dict[str, str]
+) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """Group ``<prefix>.<name>`` tensors by module: ``({module: {name: tensor}}, stray names)``.
+
+    ``prefixes`` maps each module's tensor prefix to its module path. A name belongs to the
+    longest prefix it starts with (a module path may begin with another's); names of no listed
+    module are returned sorted as strays. Raises when a listed module has no tensor.
     """
-    out: dict[str, dict[str, torch.Tensor]] = {m: {} for m in modules}
+    out: dict[str, dict[str, torch.Tensor]] = {m: {} for m in prefixes.values()}
+    stray: list[str] = []
     for key, value in tensors.items():
-        head, sep, rest = key.partition(f".{marker}.")
-        if sep and head in out:
-            out[head][f"{marker}.{rest}"] = value
+        parts = key.split(".", MAX_NAME_DOTS)
+        for cut in range(len(parts) - 1, 0, -1):
+            module = prefixes.get(".".join(parts[:cut]))
+            if module is not None:
+                out[module][".".join(parts[cut:])] = value
+                break
+        else:
+            stray.append(key)
     empty = [m for m, t in out.items() if not t]
     if empty:
         listed = ", ".join(m[:120] for m in empty[:3])
-        raise AdapterFileError(f"no '{marker}' tensors for module(s) {listed}{' ...' if len(empty) > 3 else ''}")
-    return out
-
-
-def unclaimed_tensors(tensors: dict[str, torch.Tensor], modules: list[str], marker: str) -> list[str]:
-    """Tensor names that belong to no listed module."""
-    claimed = set(modules)
-    return sorted(k for k in tensors if k.partition(f".{marker}.")[0] not in claimed)
+        raise AdapterFileError(f"no tensors for module(s) {listed}{' ...' if len(empty) > 3 else ''}")
+    return out, sorted(stray)

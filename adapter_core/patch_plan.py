@@ -8,6 +8,9 @@ mechanisms the host (``patching/``, on ComfyUI) knows how to carry out and undo 
   for the length of the patch, by a wrapper built around the original child (OFT training);
 * ``weight_functions``: a layer's weight replaced by ``function(weight, strength)`` when the
   model loads (OFT merged for sampling).
+
+A plan carries no strength: the host applies one strength to every entry when it installs the
+plan, as ComfyUI gives its own weight adapters the strength when it applies them.
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ ChildWrapper = Callable[[nn.Module, HostOps], nn.Module]
 class PatchPlan:
     """The changes one adapter set makes to a model, keyed by module path inside ``diffusion_model``."""
 
-    #: block path -> ``[(hook module, strength)]`` in stacking order
-    hooks: dict[str, list[tuple[nn.Module, float]]] = field(default_factory=dict)
+    #: block path -> hook modules in stacking order
+    hooks: dict[str, list[nn.Module]] = field(default_factory=dict)
     #: transformer block path -> ``{child name: wrapper factory}``
     child_wrappers: dict[str, dict[str, ChildWrapper]] = field(default_factory=dict)
     #: linear layer path -> function of its weight

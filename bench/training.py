@@ -39,6 +39,7 @@ def _ours(kind: str) -> list[float]:
     from devtools.checkpoints import SD15_FULL, build_model_patcher
     from devtools.standins import FixedTextEncoder, PixelVAE
     from taptune.adapter_core import OFTConfig, OFTSpec, TapConfig, TapGroupSpec, TapSpec
+    from taptune.training.run_inputs import ImageSet, RunInputs
     from taptune.training.settings import TrainSettings
     from taptune.training.trainer import DreamBoothTrainer
 
@@ -56,11 +57,7 @@ def _ours(kind: str) -> list[float]:
         FixedTextEncoder(768),
         PixelVAE(),
         spec,
-        instance,
-        "a photo of sks dog",
-        "a photo of dog",
-        classes,
-        settings,
+        RunInputs(ImageSet(instance, "a photo of sks dog"), ImageSet(classes, "a photo of dog"), settings),
         report=lambda *args: stamps.append(time.perf_counter()),
     )
     start = time.perf_counter()

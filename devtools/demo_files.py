@@ -136,6 +136,7 @@ def train_pocket_demo_adapter(model: Any, clip: Any, vae: Any, sub: Any, path: P
     from devtools.pocket_eval import Sampler
     from taptune.pocket.world import to_tensor_images
     from taptune.training.run import run_dreambooth
+    from taptune.training.run_inputs import ImageSet, RunInputs
     from taptune.training.settings import TrainSettings
 
     photos = to_tensor_images(sub.photos())
@@ -148,8 +149,9 @@ def train_pocket_demo_adapter(model: Any, clip: Any, vae: Any, sub: Any, path: P
         resolution=64,
         resize_mode="none",
     )
-    _, trained = run_dreambooth(
-        model, clip, vae, spec, list(photos), POCKET_SUBJECT_PROMPT, POCKET_CLASS_PROMPT, list(classes), settings
+    inputs = RunInputs(
+        ImageSet(list(photos), POCKET_SUBJECT_PROMPT), ImageSet(list(classes), POCKET_CLASS_PROMPT), settings
     )
+    _, trained = run_dreambooth(model, clip, vae, spec, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     core.save_adapter_file(path, trained.to_file())

@@ -177,6 +177,7 @@ def images(size: int, count: int, seed: int) -> list[torch.Tensor]:
 def train(model: Any, spec: Any, size: int, steps: int, precision: str) -> tuple[Any, list[float], Any]:
     """A DreamBoothTrainer run (the node's loop) with stand-in text encoder and VAE; (result, step times, trainer)."""
     from devtools.standins import FixedTextEncoder, PixelVAE
+    from taptune.training.run_inputs import ImageSet, RunInputs
     from taptune.training.settings import TrainSettings
     from taptune.training.trainer import DreamBoothTrainer
 
@@ -189,11 +190,7 @@ def train(model: Any, spec: Any, size: int, steps: int, precision: str) -> tuple
         FixedTextEncoder(768),
         PixelVAE(),
         spec,
-        images(size, 2, 1),
-        PROMPT,
-        CLASS_PROMPT,
-        images(size, 2, 2),
-        settings,
+        RunInputs(ImageSet(images(size, 2, 1), PROMPT), ImageSet(images(size, 2, 2), CLASS_PROMPT), settings),
         report=lambda *args: stamps.append(time.perf_counter()),
     )
     start = time.perf_counter()

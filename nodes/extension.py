@@ -13,7 +13,7 @@ from .load_adapter import TapTuneAdapterInfo, TapTuneLoadAdapter
 from .oft_interchange import TapTuneExportOFTAsLoRA, TapTuneImportOFT
 from .pocket_model import TapTunePocketModel
 from .save_adapter import TapTuneSaveAdapter
-from .specs import TapTuneOFTSpec, TapTuneTapSpec
+from .specs import spec_nodes
 from .tap_import import TapTuneImportOfficialAdapters
 from .train import TapTuneDreamBoothTrain
 
@@ -21,15 +21,17 @@ __all__ = ["TapTuneExtension", "node_classes", "register_model_folder"]
 
 
 def node_classes() -> list[type[io.ComfyNode]]:
-    """Every node of the pack. Node IDs are a public contract: never rename one that has shipped."""
+    """Every node of the pack. Node IDs are a public contract: never rename one that has shipped.
+
+    The spec nodes come from the adapter-kind registry (one per kind that declares a spec form).
+    """
     return [
         TapTuneLoadAdapter,
         TapTuneAdapterInfo,
         TapTuneImportOfficialAdapters,
         TapTuneImportOFT,
         TapTuneExportOFTAsLoRA,
-        TapTuneTapSpec,
-        TapTuneOFTSpec,
+        *spec_nodes(),
         TapTuneClassImages,
         TapTuneLoadImageFolder,
         TapTuneDreamBoothTrain,

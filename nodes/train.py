@@ -16,6 +16,7 @@ from ..patching.apply import apply_adapter_set
 from ..training.images import RESIZE_MODES, flatten_images
 from ..training.optimisation import OPTIMIZERS
 from ..training.run import run_dreambooth
+from ..training.run_inputs import ImageSet, RunInputs
 from ..training.schedule import SCHEDULES
 from ..training.settings import PRECISIONS, TrainSettings
 from ..training.visuals import loss_curve, to_image_tensor
@@ -317,11 +318,11 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
                 clip,
                 vae,
                 spec,
-                flatten_images(inputs.get("instance_images")),
-                values.get("instance_prompt", ""),
-                values.get("class_prompt", ""),
-                flatten_images(inputs.get("class_images")) or None,
-                settings,
+                RunInputs(
+                    ImageSet(flatten_images(inputs.get("instance_images")), values.get("instance_prompt", "")),
+                    ImageSet(flatten_images(inputs.get("class_images")), values.get("class_prompt", "")),
+                    settings,
+                ),
                 report,
             )
         if result.cancelled:

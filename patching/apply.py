@@ -30,7 +30,7 @@ def apply_adapter_set(model: Any, adapter_set: AdapterSetBase[Any], strength: fl
     patched = model.clone()
     if strength == 0.0:
         return patched
-    return install_plan(patched, adapter_set.inference_plan(view, strength), strength)
+    return install_plan(patched, adapter_set.inference_plan(view), strength)
 
 
 def apply_adapter_file(model: Any, path: str | os.PathLike[str], strength: float = 1.0) -> Any:

@@ -57,13 +57,15 @@ def _wrap_block(
 
 
 def install_plan(patched: Any, plan: PatchPlan, strength: float = 1.0, host: HostOps = COMFY_HOST_OPS) -> Any:
-    """Carry out ``plan`` on ``patched`` (a clone the caller owns); returns it.
+    """Carry out ``plan`` on ``patched`` (a clone the caller owns) at ``strength``; returns it.
 
-    ``strength`` is the weight patches' strength (hooks carry their own). Hooks stack on blocks
-    this clone already taps; the original clone is never changed.
+    One strength reaches every kind the same way: each hook is installed with it, and it is the
+    weight patches' strength (ComfyUI passes it to the weight function when it loads the clone).
+    Hooks stack on blocks this clone already taps; the original clone is never changed.
     """
     for path in plan.blocks():
-        _wrap_block(patched, path, plan.hooks.get(path, []), plan.child_wrappers.get(path, {}), host, None)
+        hooks = [(hook, float(strength)) for hook in plan.hooks.get(path, [])]
+        _wrap_block(patched, path, hooks, plan.child_wrappers.get(path, {}), host, None)
     if plan.weight_functions:
         patches = {
             f"{DIFFUSION_PREFIX}{path}.weight": FunctionalWeightPatch.of(function)

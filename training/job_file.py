@@ -29,10 +29,9 @@ from typing import Any
 
 from ..adapter_core.errors import ConfigError, TapTuneError
 from ..adapter_core.json_values import parse_json_object
-from ..adapter_core.oft import OFTConfig, OFTSpec
-from ..adapter_core.registry import kind_of_spec
+from ..adapter_core.registry import spec_from_json as registry_spec_from_json
+from ..adapter_core.registry import spec_to_json as registry_spec_to_json
 from ..adapter_core.safe_read import read_regular_text
-from ..adapter_core.tap import TapConfig, TapGroupSpec, TapSpec
 from .images import MAX_IMAGE_COUNT, MAX_TOTAL_PIXELS
 from .settings import TrainSettings, check_settings
 
@@ -108,91 +107,20 @@ class TrainingJob:
         return self.path.parent
 
 
-# -- specs ------------------------------------------------------------------------------------------
+# -- specs ----------------------------------------------------------------------------------------
 
 
 def spec_to_json(spec: Any) -> dict[str, Any]:
-    """A spec of any kind as JSON (what :func:`spec_from_json` rebuilds exactly)."""
-    kind = kind_of_spec(spec).name
-    if kind == "tap":
-        return {
-            "kind": "tap",
-            "learning_rate": spec.learning_rate,
-            "groups": [
-                {
-                    "config": g.config.to_json(),
-                    "blocks": g.blocks if isinstance(g.blocks, str) else list(g.blocks),
-                    "init": g.init,
-                }
-                for g in spec.groups
-            ],
-        }
-    if kind != "oft":  # a new kind needs its JSON form here (docs/architecture.md, "Adding an adapter kind")
-        raise JobFileError(f"job files cannot hold a {kind} spec yet", input_name="spec")
-    return {
-        "kind": "oft",
-        "learning_rate": spec.learning_rate,
-        "config": spec.config.to_json(),
-        "targets": spec.targets if isinstance(spec.targets, str) else list(spec.targets),
-        "neumann_terms": spec.neumann_terms,
-        "magnitude_steps": spec.magnitude_steps,
-    }
-
-
-def _text_or_list(value: Any, where: str) -> str | tuple[str, ...]:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise JobFileError(f"{where} must be text or a list of texts", input_name="spec")
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise JobFileError(f"{where} must be a finite number", input_name="spec")
-    return float(value)
+    """A spec of any kind as JSON: the spec's own one JSON form (what :func:`spec_from_json` rebuilds exactly)."""
+    return registry_spec_to_json(spec)
 
 
 def spec_from_json(entry: Any) -> Any:
     """The spec a :func:`spec_to_json` entry describes; :class:`JobFileError` (field ``spec``) if it is unsound."""
-    if not isinstance(entry, dict):
-        raise JobFileError("spec must be an object with a kind", input_name="spec")
-    kind = entry.get("kind")
     try:
-        if kind == "tap":
-            groups = entry.get("groups")
-            if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
-                raise JobFileError("spec.groups must be a non-empty list of objects", input_name="spec")
-            return TapSpec(
-                tuple(
-                    TapGroupSpec(
-                        TapConfig.from_json(_object(g.get("config"), f"spec.groups[{i}].config"), "spec"),
-                        _text_or_list(g.get("blocks", "all"), f"spec.groups[{i}].blocks"),
-                        _text(g.get("init", "zero_up"), f"spec.groups[{i}].init"),
-                    )
-                    for i, g in enumerate(groups)
-                ),
-                learning_rate=_number(entry.get("learning_rate", TapSpec.learning_rate), "spec.learning_rate"),
-            )
-        if kind == "oft":
-            terms = entry.get("neumann_terms")
-            magnitude = entry.get("magnitude_steps", 0)
-            if terms is not None and (isinstance(terms, bool) or not isinstance(terms, int)):
-                raise JobFileError("spec.neumann_terms must be an integer or null", input_name="spec")
-            if isinstance(magnitude, bool) or not isinstance(magnitude, int):
-                raise JobFileError("spec.magnitude_steps must be an integer", input_name="spec")
-            return OFTSpec(
-                OFTConfig.from_json(_object(entry.get("config"), "spec.config"), "spec"),
-                _text_or_list(entry.get("targets", "attention"), "spec.targets"),
-                terms,
-                magnitude,
-                _number(entry.get("learning_rate", OFTSpec.learning_rate), "spec.learning_rate"),
-            )
-    except JobFileError:
-        raise
-    except TapTuneError as exc:  # a config's own check: the job's spec is at fault
-        raise JobFileError(f"spec: {exc.message}", input_name="spec") from None
-    raise JobFileError(f"unknown spec kind {str(kind)[:40]!r}; this version knows tap, oft", input_name="spec")
+        return registry_spec_from_json(entry, "spec")
+    except TapTuneError as exc:
+        raise JobFileError(exc.message, input_name="spec") from None
 
 
 # -- settings ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Optimisers, learning-rate schedules and loss scaling for one phase of a run.
 
-A run has a ``main`` phase and, when the spec asks for one (OFT's magnitude fitting), a
-``post`` phase with its own optimiser over other parameters and its own schedule.
+A run has a main phase and, when the spec asks for one (OFT's magnitude fitting), a post
+phase with its own optimiser over other parameters and its own schedule (:class:`Phase`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapter_core.kind import Phase
 from .schedule import LearningRateSchedule
-
-MAIN_PHASE = "main"
-POST_PHASE = "post"
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
@@ -26,9 +24,9 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
-def phase_at(step: int, main_steps: int) -> str:
+def phase_at(step: int, main_steps: int) -> Phase:
     """The phase step ``step`` (0-based) belongs to."""
-    return MAIN_PHASE if step < main_steps else POST_PHASE
+    return Phase.MAIN if step < main_steps else Phase.POST
 
 
 def build_optimizer(
@@ -74,7 +72,7 @@ def gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
 class PhaseOptimisation:
     """The optimiser state of the current phase."""
 
-    phase: str
+    phase: Phase
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler | None

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ..patching.model_access import model_architecture
+from .run_inputs import RunInputs
 from .run_result import TrainResult
-from .settings import TrainSettings
 from .sync import GradientSync
 from .trained_adapter import TrainedAdapter
 from .trainer import DreamBoothTrainer, Reporter
@@ -24,11 +22,7 @@ def run_dreambooth(
     clip: Any,
     vae: Any,
     spec: Any,
-    instance_images: list[torch.Tensor],
-    instance_prompt: str,
-    class_prompt: str,
-    class_images: list[torch.Tensor] | None,
-    settings: TrainSettings,
+    inputs: RunInputs,
     report: Reporter | None = None,
     sync: GradientSync | None = None,
 ) -> tuple[TrainResult, TrainedAdapter]:
@@ -36,20 +30,8 @@ def run_dreambooth(
 
     Raises the pack's training errors (each naming the input at fault) as the trainer does.
     """
-    trainer = DreamBoothTrainer(
-        model,
-        clip,
-        vae,
-        spec,
-        instance_images,
-        instance_prompt,
-        class_prompt,
-        class_images,
-        settings,
-        report,
-        sync,
-    )
-    result = trainer.run()
+    result = DreamBoothTrainer(model, clip, vae, spec, inputs, report, sync).run()
+    settings = inputs.settings
     info = {
         "trigger_word": result.trigger_word,
         "class_word": result.class_word,
@@ -57,8 +39,8 @@ def run_dreambooth(
         "final_loss": result.final_loss,
         "learning_rate": result.learning_rate,
         "training": result.spec,
-        "instance_prompt": instance_prompt,
-        "class_prompt": class_prompt,
+        "instance_prompt": inputs.instance.prompt,
+        "class_prompt": inputs.classes.prompt,
         "prior_loss_weight": settings.prior_loss_weight,
     }
     if result.cancelled:

@@ -4,7 +4,7 @@ Written atomically with ``torch.save`` and read back only with ``torch.load(weig
 (plain containers of tensors and numbers). A state remembers the key of the run it belongs to
 (spec, data, settings), so that resuming with other inputs is refused instead of silently
 continuing a different run. Checkpoints written by earlier versions (``fingerprint`` for the
-run key, phase ``magnitude``) keep loading.
+run key, phase ``magnitude`` for the post phase) keep loading.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from typing import Any
 
 import torch
 
+from ..adapter_core.kind import Phase
 from ..adapter_core.safe_write import atomic_write
 from .errors import TrainingInputError
-from .optimisation import MAIN_PHASE, POST_PHASE
 
 FORMAT = "taptune-train/1"
 #: The largest checkpoint file read back (an SD 1.5 OFT run's optimiser state is about 280 MB).
 MAX_CHECKPOINT_BYTES = 8 * 2**30
-_LEGACY_PHASES = {"magnitude": POST_PHASE}
+#: Phase names earlier versions wrote (0.1/0.2 called the post phase ``magnitude``).
+_LEGACY_PHASES = {"magnitude": Phase.POST}
 
 
 def run_key(payload: dict[str, Any]) -> str:
@@ -40,7 +41,7 @@ class RunState:
 
     run_key: str
     step: int
-    phase: str
+    phase: Phase
     losses: list[float]
     parameters: list[torch.Tensor]
     optimizer: dict[str, Any]
@@ -59,7 +60,9 @@ class RunState:
             "fingerprint": self.run_key,  # the name earlier versions read
             "spec": self.spec,
             "step": self.step,
-            "phase": "magnitude" if self.phase == POST_PHASE else self.phase,
+            # Earlier versions read only "main" and "magnitude"; writing that name keeps their checkpoints
+            # and ours interchangeable.
+            "phase": "magnitude" if self.phase is Phase.POST else Phase(self.phase).value,
             "losses": list(self.losses),
             "parameters": [p.detach().cpu().clone() for p in self.parameters],
             "optimizer": self.optimizer,
@@ -109,9 +112,7 @@ class RunState:
             and isinstance(state["scheduler"], dict)
         ):
             raise ValueError("malformed checkpoint")
-        phase = _LEGACY_PHASES.get(state["phase"], state["phase"])
-        if phase not in (MAIN_PHASE, POST_PHASE):
-            raise ValueError("unknown phase")
+        phase = _LEGACY_PHASES.get(state["phase"]) or Phase(state["phase"])  # ValueError: unknown phase
         losses = [float(v) for v in state["losses"]]
         step = int(state["step"])
         if step < 0 or step != len(losses):

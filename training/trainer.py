@@ -3,9 +3,9 @@
 Each step draws ``batch_size`` instance latents (with their prompts) and as many class latents
 (with the class prompt), gives every sample its own timestep and noise, and minimises
 ``instance error + prior_loss_weight * class error`` on the model's own prediction; only the
-adapter's parameters train. What differs between kinds (which parameters train in which
-phase, what runs before each forward pass, how the model computes through the adapters)
-comes from the spec.
+adapter's parameters train. What differs between kinds (which parameter group each
+:class:`~..adapter_core.kind.Phase` trains, what runs after each step, how the model computes
+through the adapters) comes from the spec.
 
 Nothing of the run stays in the model: the training clone is unloaded in ``finally`` (which
 removes its patches) and the base weights' ``requires_grad`` flags are put back. Cancel
@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from ..adapter_core.errors import ConfigError
-from ..adapter_core.kind import AdapterSetBase, AdapterSpec
+from ..adapter_core.kind import AdapterSetBase, AdapterSpec, Phase, trainable_parameters
 from ..adapter_core.registry import kind_of_spec
 from ..patching.model_access import model_view
 from ..patching.training_clone import loaded_for_training, training_clone, training_memory
@@ -40,7 +40,6 @@ from .data import Batch
 from .errors import CheckpointWriteError, TrainingDivergedError, TrainingInputError
 from .objective import noisy_latents, prediction_error, prior_preservation_loss, sample_sigmas
 from .optimisation import (
-    MAIN_PHASE,
     PhaseOptimisation,
     build_optimizer,
     check_optimizer_state,
@@ -51,10 +50,11 @@ from .optimisation import (
 )
 from .prompts import prompts_for_images, trigger_and_class_words
 from .run_data import RunData, check_data, prepare_run_data
+from .run_inputs import RunInputs
 from .run_result import TrainResult, frozen_except
 from .run_state import RunState
 from .schedule import LearningRateSchedule
-from .settings import TrainSettings, check_settings, resolve_precision
+from .settings import check_settings, resolve_precision
 from .sync import GradientSync, SingleProcess
 from .visuals import sample_images, to_pil
 
@@ -73,16 +73,15 @@ class DreamBoothTrainer:
         clip: Any,
         vae: Any,
         spec: AdapterSpec,
-        instance_images: list[torch.Tensor],
-        instance_prompt: str,
-        class_prompt: str,
-        class_images: list[torch.Tensor] | None,
-        settings: TrainSettings,
+        inputs: RunInputs,
         report: Reporter | None = None,
         sync: GradientSync | None = None,
     ) -> None:
         kind_of_spec(spec)  # a spec of a registered kind, or ConfigError naming the input
         self.model, self.clip, self.vae, self.spec = model, clip, vae, spec
+        settings = inputs.settings
+        instance_images, instance_prompt = inputs.instance.images, inputs.instance.prompt
+        class_images, class_prompt = inputs.classes.images, inputs.classes.prompt
         self.settings = settings
         self.report = report or (lambda *args: None)
         self.sync: GradientSync = sync if sync is not None else SingleProcess()
@@ -123,7 +122,7 @@ class DreamBoothTrainer:
             s,
             (self.instance_images, self.instance_prompts),
             (self.class_images, self.class_prompt),
-            {"spec": self.spec.describe(), "lr": self.lr},
+            {"spec": self.spec.to_json(), "lr": self.lr},
         )
         train_model = training_clone(
             self.model,
@@ -148,7 +147,7 @@ class DreamBoothTrainer:
                 with (
                     torch.inference_mode(False),
                     torch.enable_grad(),
-                    frozen_except(unet, self.spec.trainable(self.adapter_set, optimisation.phase)),
+                    frozen_except(unet, self._trainable(optimisation.phase)),
                 ):
                     while step < total:
                         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -183,7 +182,7 @@ class DreamBoothTrainer:
             cancelled,
             self.trigger_word,
             self.class_word,
-            self.spec.describe(),
+            self.spec.to_json(),
             self.checkpoints,
             self.lr,
         )
@@ -210,7 +209,7 @@ class DreamBoothTrainer:
         return RunState(
             run_key=data.run_key,
             step=step,
-            phase="",
+            phase=Phase.MAIN,
             losses=[],
             parameters=[],
             optimizer={},
@@ -227,24 +226,27 @@ class DreamBoothTrainer:
 
     # -- optimisation -------------------------------------------------------------------------------
 
-    def _schedule(self, phase: str) -> LearningRateSchedule:
+    def _trainable(self, phase: Phase) -> list[torch.nn.Parameter]:
+        return trainable_parameters(self.spec, self.adapter_set, phase)
+
+    def _schedule(self, phase: Phase) -> LearningRateSchedule:
         s = self.settings
-        steps = s.steps if phase == MAIN_PHASE else max(1, self.spec.post_steps)
+        steps = s.steps if phase is Phase.MAIN else max(1, self.spec.post_steps)
         return LearningRateSchedule(s.lr_schedule, steps, s.warmup_steps)
 
-    def _optimisation(self, phase: str, scaler: torch.amp.GradScaler | None = None) -> PhaseOptimisation:
+    def _optimisation(self, phase: Phase, scaler: torch.amp.GradScaler | None = None) -> PhaseOptimisation:
         s = self.settings
         optimizer, scheduler = build_optimizer(
-            s.optimizer, self.spec.trainable(self.adapter_set, phase), self.lr, s.weight_decay, self._schedule(phase)
+            s.optimizer, self._trainable(phase), self.lr, s.weight_decay, self._schedule(phase)
         )
         if scaler is None:
             scaler = loss_scaler(self.device, self.autocast_dtype)
         return PhaseOptimisation(phase, optimizer, scheduler, scaler)
 
-    def _enter_phase(self, phase: str) -> PhaseOptimisation:
+    def _enter_phase(self, phase: Phase) -> PhaseOptimisation:
         """A new optimiser for ``phase``; only its parameters get gradients from now on."""
         optimisation = self._optimisation(phase)
-        active = {id(p) for p in self.spec.trainable(self.adapter_set, phase)}
+        active = {id(p) for p in self._trainable(phase)}
         for p in self.adapter_set.parameters():
             p.requires_grad_(id(p) in active)
         return optimisation
@@ -255,7 +257,6 @@ class DreamBoothTrainer:
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(s.gradient_accumulation):
-            self.spec.before_forward(self.adapter_set, optimisation.phase)
             batches = {name: sampler.next(self.generator) for name, sampler in data.samplers.items()}
             loss = self._loss(model, batches, data.conds)
             if not torch.isfinite(loss):
@@ -269,7 +270,7 @@ class DreamBoothTrainer:
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
             total += float(loss.detach()) / s.gradient_accumulation
         # Data parallel: one step per global batch, on the gradient of the whole batch (no-op alone).
-        self.sync.average_gradients(self.spec.trainable(self.adapter_set, optimisation.phase))
+        self.sync.average_gradients(self._trainable(optimisation.phase))
         total = self.sync.average(total)
         if scaler is not None:
             scaler.step(optimizer)
@@ -283,6 +284,8 @@ class DreamBoothTrainer:
                     input_name="learning_rate",
                 )
             optimizer.step()
+        with torch.no_grad():
+            self.spec.after_step(self.adapter_set, optimisation.phase)
         return total
 
     def _loss(self, model: Any, batches: dict[str, Batch], conds: ConditioningCache) -> torch.Tensor:
@@ -346,7 +349,7 @@ class DreamBoothTrainer:
             scheduler=optimisation.scheduler.state_dict(),
             generator=self.generator.get_state(),
             samplers={name: sampler.state() for name, sampler in data.samplers.items()},
-            spec=self.spec.describe(),
+            spec=self.spec.to_json(),
             scaler=optimisation.scaler.state_dict() if optimisation.scaler is not None else None,
             trigger_word=self.trigger_word,
             class_word=self.class_word,
@@ -378,7 +381,7 @@ class DreamBoothTrainer:
         parameters = self.adapter_set.parameters()
         if [tuple(p.shape) for p in parameters] != [tuple(p.shape) for p in state.parameters]:
             raise TrainingInputError("resume_from", "the checkpoint holds a different adapter")
-        if state.phase != MAIN_PHASE and phase_at(state.step, self.settings.steps) == MAIN_PHASE:
+        if state.phase is not Phase.MAIN and phase_at(state.step, self.settings.steps) is Phase.MAIN:
             raise TrainingInputError(
                 "steps",
                 f"the checkpoint is in the post-stage; steps must stay at most {state.step} to resume it",

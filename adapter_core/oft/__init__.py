@@ -10,7 +10,7 @@ from .oft_config import TARGET_PRESETS, OFTConfig, OFTConfigError, oft_targets
 from .oft_import import diffusers_to_comfy_path, import_oft
 from .oft_rotation import OFTRotation, RotationMerge
 from .oft_set import OFTAdapterSet
-from .oft_spec import OFTSpec
+from .oft_spec import OFT_SPEC_FORM, OFTSpec
 from .oft_wrappers import OFTCrossAttention, OFTFeedForward, split_layer_path
 
 #: One group of an OFT file (a configuration and its layers).
@@ -21,6 +21,8 @@ OFT_KIND = AdapterKind(
     adapter_set=OFTAdapterSet,
     spec=OFTSpec,
     summary="OFT/COFT: block-diagonal Cayley rotations of linear layers, merged into the weights for sampling",
+    spec_form=OFT_SPEC_FORM,
+    example_spec=lambda: OFTSpec(OFTConfig(r=4, coft=True, eps=1e-3), magnitude_steps=2),
 )
 
 __all__ = [

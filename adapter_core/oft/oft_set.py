@@ -29,6 +29,7 @@ class OFTAdapterSet(AdapterSetBase[OFTConfig]):
     kind = "oft"
     marker = MARKER
     config_type = OFTConfig
+    parameter_group_names = ("rotation", "magnitude")
 
     @property
     def rotations(self) -> dict[str, OFTRotation]:
@@ -80,7 +81,7 @@ class OFTAdapterSet(AdapterSetBase[OFTConfig]):
                     f"{path}: magnitude has {rotation.magnitude.numel()} entries but the layer has {out_features} outputs"
                 )
 
-    def inference_plan(self, view: ModelView, strength: float) -> PatchPlan:
+    def inference_plan(self, view: ModelView) -> PatchPlan:
         """Every rotation merged into its layer's weight (once per load; sampling then costs what the base costs)."""
         return PatchPlan(weight_functions={path: RotationMerge(rotation) for path, rotation in self.rotations.items()})
 
@@ -95,9 +96,26 @@ class OFTAdapterSet(AdapterSetBase[OFTConfig]):
                 out[path] = (rotation.merged_weight(weight, strength) - weight).to(dtype).contiguous()
         return out
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``rotation``: every ``P``; ``magnitude``: the magnitudes (empty when the set has none)."""
+        rotations = list(self.rotations.values())
+        return {
+            "rotation": [r.P for r in rotations],
+            "magnitude": [r.magnitude for r in rotations if r.magnitude is not None],
+        }
+
     def num_parameters(self, free_only: bool = False) -> int:
         """Stored parameters, or the free ones (k(k-1)/2 per block) with ``free_only``."""
         return sum(r.num_parameters(free_only) for r in self.rotations.values())
+
+    def constraint_violation(self) -> float:
+        """How far the largest constrained ``P`` block lies outside its COFT radius, relative to it (0: none)."""
+        worst = 0.0
+        for rotation in self.rotations.values():
+            if rotation.config.coft:
+                norm = float(torch.linalg.matrix_norm(rotation.blocks.detach().float()).max())
+                worst = max(worst, norm / rotation.radius - 1.0)
+        return worst
 
     def project_(self) -> None:
         """Apply the COFT projection to every constrained rotation."""

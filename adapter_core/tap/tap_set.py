@@ -100,9 +100,9 @@ class TapAdapterSet(AdapterSetBase[TapConfig]):
                             f"{site.width_at(position)} there (a file for another architecture?)"
                         )
 
-    def inference_plan(self, view: ModelView, strength: float) -> PatchPlan:
-        """Every adapter as a position hook in its block, at ``strength``."""
-        return PatchPlan(hooks={path: [(adapter, strength)] for path, adapter in self.adapters.items()})
+    def inference_plan(self, view: ModelView) -> PatchPlan:
+        """Every adapter as a position hook in its block."""
+        return PatchPlan(hooks={path: [adapter] for path, adapter in self.adapters.items()})
 
     def describe(self) -> list[str]:
         """One line per group, e.g. ``attn2o->ffni mid_dim 60 relu scale 1.0: 16 modules``."""

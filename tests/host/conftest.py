@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,9 +10,26 @@ import pytest
 
 from devtools.comfy_host import ROOT, Host, init_nodes, prepare_comfy
 
-BASE = ROOT / ".host" / "test-base"
+BASES = ROOT / ".host" / "test-bases"
+#: This session's own base folder: two pytest sessions in one checkout never share (or wipe) one.
+BASE = BASES / str(os.getpid())
 CHECKPOINT_CACHE = ROOT / ".host" / "test-checkpoints"
 
+
+def _clear_stale_bases() -> None:
+    """Remove the base folders of earlier sessions whose process has ended."""
+    for folder in BASES.glob("*"):
+        if folder.name.isdigit() and folder != BASE:
+            try:
+                os.kill(int(folder.name), 0)
+            except ProcessLookupError:
+                shutil.rmtree(folder, ignore_errors=True)
+            except PermissionError:
+                pass
+
+
+BASES.mkdir(parents=True, exist_ok=True)
+_clear_stale_bases()
 shutil.rmtree(BASE, ignore_errors=True)
 BASE.mkdir(parents=True)
 prepare_comfy(BASE)

@@ -25,9 +25,12 @@ from taptune.nodes.extension import node_classes
 from taptune.nodes.image_folder import TapTuneLoadImageFolder
 from taptune.nodes.load_adapter import TapTuneAdapterInfo, TapTuneLoadAdapter
 from taptune.nodes.oft_interchange import TapTuneImportOFT
-from taptune.nodes.specs import TapTuneOFTSpec, TapTuneTapSpec
+from taptune.nodes.specs import spec_node_named
 from taptune.nodes.tap_import import TapTuneImportOfficialAdapters
 from taptune.nodes.train import resume_path
+
+TapTuneTapSpec = spec_node_named("TapTuneTapSpec")
+TapTuneOFTSpec = spec_node_named("TapTuneOFTSpec")
 
 # -- 3. paths --------------------------------------------------------------------------------------
 

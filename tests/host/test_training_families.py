@@ -15,6 +15,7 @@ from devtools.standins import FixedTextEncoder, PixelVAE
 from taptune.adapter_core import TapConfig, TapGroupSpec, TapSpec
 from taptune.patching.apply import apply_adapter_set
 from taptune.training.objective import prediction_error
+from taptune.training.run_inputs import ImageSet, RunInputs
 from taptune.training.settings import TrainSettings
 from taptune.training.trainer import DreamBoothTrainer
 
@@ -59,7 +60,11 @@ def test_trains_other_families(family, config, prediction, pooled):
         (TapGroupSpec(TapConfig("attn2o", "ffni", mid_dim=16)), TapGroupSpec(TapConfig("resi", "reso", mid_dim=8)))
     )
     result = DreamBoothTrainer(
-        model, encoder, vae, spec, images, "a photo of sks dog", "a photo of dog", classes, settings
+        model,
+        encoder,
+        vae,
+        spec,
+        RunInputs(ImageSet(images, "a photo of sks dog"), ImageSet(classes, "a photo of dog"), settings),
     ).run()
     assert result.steps_done == 30
     assert all(torch.isfinite(torch.tensor(result.losses)))

@@ -12,6 +12,7 @@ from taptune.adapter_core import OFTConfig, OFTSpec, TapConfig, TapGroupSpec, Ta
 from taptune.training.conditioning import ConditioningCache
 from taptune.training.data import encode_latents
 from taptune.training.objective import noisy_latents, prediction_error
+from taptune.training.run_inputs import ImageSet, RunInputs
 from taptune.training.settings import TrainSettings
 from taptune.training.trainer import DreamBoothTrainer
 
@@ -59,11 +60,11 @@ def train(
         clip,
         vae,
         spec,
-        images,
-        kwargs.pop("instance_prompt", "a photo of sks dog"),
-        kwargs.pop("class_prompt", "a photo of dog"),
-        class_images,
-        settings(**kwargs),
+        RunInputs(
+            ImageSet(images, kwargs.pop("instance_prompt", "a photo of sks dog")),
+            ImageSet(class_images or [], kwargs.pop("class_prompt", "a photo of dog")),
+            settings(**kwargs),
+        ),
         report,
     )
     return trainer.run()

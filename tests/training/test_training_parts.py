@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from taptune.adapter_core import TapTuneError
+from taptune.adapter_core.kind import Phase
 from taptune.training.data import BatchSampler, Pool
 from taptune.training.errors import TrainingInputError
 from taptune.training.images import bucket_sizes, cover_and_crop, flatten_images, nearest_bucket, prepare_images
-from taptune.training.optimisation import MAIN_PHASE, POST_PHASE, build_optimizer, follow_schedule, phase_at
+from taptune.training.optimisation import build_optimizer, follow_schedule, phase_at
 from taptune.training.prompts import prompt_lines, prompts_for_images, trigger_and_class_words
 from taptune.training.run_state import RunState, run_key
 from taptune.training.schedule import LearningRateSchedule
@@ -62,7 +63,7 @@ def test_a_restored_scheduler_follows_the_new_run_length():
 
 
 def test_phases():
-    assert [phase_at(s, 3) for s in range(5)] == [MAIN_PHASE] * 3 + [POST_PHASE] * 2
+    assert [phase_at(s, 3) for s in range(5)] == [Phase.MAIN] * 3 + [Phase.POST] * 2
 
 
 # -- images and buckets ----------------------------------------------------------------------------
@@ -220,7 +221,7 @@ def _state(step: int = 3) -> RunState:
     return RunState(
         run_key=run_key({"a": 1}),
         step=step,
-        phase=POST_PHASE,
+        phase=Phase.POST,
         losses=[0.5] * step,
         parameters=[p],
         optimizer=optimizer.state_dict(),
@@ -237,7 +238,7 @@ def test_run_state_round_trip(tmp_path):
     state = _state()
     path = state.save(tmp_path / "run" / "step_000003.ckpt")
     loaded = RunState.load(path)
-    assert loaded.run_key == state.run_key and loaded.step == 3 and loaded.phase == POST_PHASE
+    assert loaded.run_key == state.run_key and loaded.step == 3 and loaded.phase == Phase.POST
     assert loaded.losses == state.losses and loaded.samplers == state.samplers
     assert torch.equal(loaded.parameters[0], state.parameters[0].detach())
     assert torch.equal(loaded.generator, state.generator)
@@ -267,7 +268,7 @@ def test_checkpoints_of_earlier_versions_load(tmp_path):
     }
     torch.save(legacy, tmp_path / "old.ckpt")
     loaded = RunState.load(tmp_path / "old.ckpt")
-    assert loaded.phase == POST_PHASE and loaded.run_key == state.run_key
+    assert loaded.phase == Phase.POST and loaded.run_key == state.run_key
 
 
 @pytest.mark.parametrize(

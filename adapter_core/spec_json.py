@@ -22,11 +22,12 @@ MAX_PATHS = 100_000
 
 
 def json_value(value: Any) -> Any:
-    """``value`` as JSON: a config's own ``to_json``, other dataclasses field by field, tuples as lists."""
+    """``value`` as JSON: dataclasses (configs included) field by field, every field; tuples as lists.
+
+    A config's own ``to_json`` (its file-metadata form) may leave out fields it can infer; here
+    every field is written, so that none can be missed by a run key.
+    """
     if is_dataclass(value) and not isinstance(value, type):
-        to_json = getattr(value, "to_json", None)
-        if callable(to_json):
-            return to_json()
         return {f.name: json_value(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Enum):
         return value.value

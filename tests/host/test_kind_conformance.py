@@ -352,8 +352,10 @@ def test_weight_differences_reproduce_the_set_where_offered(kind, sd15):
         return
     patched = sd15.model.clone()
     # ComfyUI's own "diff" weight patch: what its stock LoRA loader makes of a .diff tensor.
-    applied = patched.add_patches({key: ("diff", (value,)) for key, value in diffs.items()}, 1.0)
-    assert len(applied) == len(diffs) > 0 and all(k.startswith(DIFFUSION_PREFIX) for k in diffs)
+    assert diffs and all(k.startswith(DIFFUSION_PREFIX) and k.endswith(".diff") for k in diffs)
+    weights = {key[: -len(".diff")] + ".weight": ("diff", (value,)) for key, value in diffs.items()}
+    applied = patched.add_patches(weights, 1.0)
+    assert len(applied) == len(diffs)
     torch.testing.assert_close(
         _out(patched, sd15), _out(apply_adapter_set(sd15.model, adapter_set), sd15), rtol=1e-4, atol=1e-4
     )
@@ -369,21 +371,15 @@ def _pick(tensors: dict[str, torch.Tensor], g: torch.Generator) -> str:
     return names[int(torch.randint(len(names), (1,), generator=g))]
 
 
-def _with(tensors: dict[str, torch.Tensor], name: str, value: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    out = dict(tensors)
-    if value is None:
-        del out[name]
-    else:
-        out[name] = value
-    return out
+def _with(tensors: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {**tensors, name: value}
 
 
 DAMAGES: dict[str, Damage] = {
-    "missing tensor": lambda t, g: _with(t, _pick(t, g), None),
     "extra tensor": lambda t, g: {**t, f"{_pick(t, g)}_extra": torch.zeros(3)},
     "stray module": lambda t, g: {**t, "output_blocks.99.1.weird.weight": torch.zeros(2)},
     "wrong shape": lambda t, g: _with(t, (n := _pick(t, g)), torch.zeros(*[s + 1 for s in t[n].shape] or [2])),
-    "flattened": lambda t, g: _with(t, (n := _pick(t, g)), t[n].flatten()),
+    "reshaped": lambda t, g: _with(t, (n := _pick(t, g)), t[n].flatten() if t[n].dim() > 1 else t[n].reshape(-1, 1)),
     "nan": lambda t, g: _with(t, (n := _pick(t, g)), torch.full_like(t[n], float("nan"))),
     "inf": lambda t, g: _with(t, (n := _pick(t, g)), torch.full_like(t[n], float("inf"))),
     "integer dtype": lambda t, g: _with(t, (n := _pick(t, g)), t[n].to(torch.int32)),
@@ -400,8 +396,13 @@ def test_damaged_files_of_the_kind_are_refused_with_the_packs_error(kind, sd15, 
     with open(good, "rb") as handle:
         header_size = int.from_bytes(handle.read(8), "little")
         metadata = json.loads(handle.read(header_size)).get("__metadata__", {})
-    cases = 0
-    for name, damage in DAMAGES.items():
+    prefixes = [adapter_set.tensor_prefix(m) for m in adapter_set.members]
+    modules_gone = {  # every tensor of one module gone (the module still listed in the metadata)
+        f"module {i}": (lambda t, g, p=prefix: {k: v for k, v in t.items() if not k.startswith(p + ".")})
+        for i, prefix in enumerate(prefixes[:3])
+    }
+    accepted: list[str] = []
+    for name, damage in {**DAMAGES, **modules_gone}.items():
         for seed in range(5):
             damaged = damage(tensors, torch.Generator().manual_seed(seed))
             path: Path = tmp_path / f"{name.replace(' ', '_')}_{seed}.safetensors"
@@ -409,8 +410,10 @@ def test_damaged_files_of_the_kind_are_refused_with_the_packs_error(kind, sd15, 
                 path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
             else:
                 save_file(damaged, str(path), metadata=metadata)
-            with pytest.raises(TapTuneError) as info:
+            try:
                 load_adapter_set(path, model_view(sd15.model))[1].check_fits(model_view(sd15.model))
-            assert type(info.value).__module__.startswith("taptune"), (name, info.value)
-            cases += 1
-    assert cases == 5 * len(DAMAGES)
+            except TapTuneError as exc:
+                assert type(exc).__module__.startswith("taptune"), (name, exc)
+            else:
+                accepted.append(f"{name} #{seed}")
+    assert not accepted, f"damaged {kind} files accepted: {accepted}"

@@ -131,7 +131,7 @@ def test_a_job_that_is_not_json_is_refused_plainly(tmp_path, text):
 
 
 def test_a_missing_job_is_a_job_error(tmp_path):
-    with pytest.raises(JobFileError, match="cannot be read"):
+    with pytest.raises(JobFileError, match="cannot be opened"):
         read_job(tmp_path / "nothing.json")
 
 

@@ -8,9 +8,16 @@
      ``torch.inverse`` per block, ``W R^T`` as a dense matmul, every step.
    Measured twice: the whole UNet step (32x32 latents, batch 2), and the adapted layers alone
    (the same layers with the token counts they see in that step), which isolates the adapter.
-   Goals: OFT <= 1.2x the LoRA step; >= 3x faster than the naive form.
+   and, for the whole UNet step, TapTune's own LoRA kind (``adapter_core/lora``, rank chosen so
+   its trainable parameters equal OFT's, through its own training plan: the trainer's step).
+   OFT's generators sit on the COFT ball (every block at its radius, as after a few hundred
+   steps), not at 0, so the exact Cayley transform runs as it does in a real run.
+   Goals: OFT <= 1.0x the LoRA step (issue 19); >= 3x faster than the naive form.
 2. One sampling step with the rotation merged (weight patch) against the base model. Goal: < 1 %.
 3. Trainable parameters for r = 2, 4, 8, 16 on the paper's targets.
+4. The Cayley-Neumann series against the exact Cayley transform: spectral error of ``R`` against
+   ``||S||_2`` for 1..8 terms, its bound, and the fp32 rounding of the exact transform (the
+   tolerance of the automatic choice); a figure in ``bench/results/oft_neumann_error.svg``.
 
     python -m bench.oft [--rounds 3]
 """
@@ -25,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import interleaved, paired_ratio, setup_host, write_result
+from bench.common import RESULTS, interleaved, paired_ratio, setup_host, write_result
 
 
 class LoRALinear(nn.Module):
@@ -70,6 +77,103 @@ class NaiveOFTLinear(nn.Module):
         dense = torch.block_diag(*Q)
         weight = torch.mm(dense, self.base_layer.weight.t()).t()
         return F.linear(x, weight, self.base_layer.bias)
+
+
+def on_coft_ball(adapter_set: Any, seed: int = 0) -> Any:
+    """Every generator block moved to its COFT radius in a random direction (where a COFT run ends up)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for rotation in adapter_set.rotations.values():
+            P = rotation.blocks
+            P.copy_(torch.randn(P.shape, generator=g))
+            P.mul_((rotation.radius / torch.linalg.matrix_norm(P))[:, None, None])
+    return adapter_set
+
+
+def neumann_figures(block: int = 80, seed: int = 0) -> dict[str, Any]:
+    """Spectral error of the Cayley-Neumann rotation against the exact one, by ``||S||_2`` and terms."""
+    from taptune.adapter_core.oft.cayley import (
+        AUTO_NEUMANN_TOLERANCE,
+        cayley,
+        cayley_neumann,
+        neumann_bound_for_norm,
+        neumann_terms_within,
+    )
+
+    g = torch.Generator().manual_seed(seed)
+    P = torch.randn(4, block, block, generator=g, dtype=torch.float64)
+    unit = (P - P.transpose(1, 2)) / 2
+    unit = unit / torch.linalg.matrix_norm(unit, ord=2).max()
+    rows = []
+    for q in (1e-3, 3e-3, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9):
+        S = unit * q
+        exact = cayley(S)
+        fp32 = float(torch.linalg.matrix_norm(cayley(S.float()).double() - exact, ord=2).max())
+        errors = {n: float(torch.linalg.matrix_norm(cayley_neumann(S, n) - exact, ord=2).max()) for n in range(1, 9)}
+        bounds = {n: neumann_bound_for_norm(q, n) for n in range(1, 9)}
+        rows.append(
+            {"norm": q, "fp32_exact": fp32, "errors": errors, "bounds": bounds, "auto_terms": neumann_terms_within(q)}
+        )
+    return {"block": block, "tolerance": AUTO_NEUMANN_TOLERANCE, "rows": rows}
+
+
+def neumann_svg(figures: dict[str, Any]) -> str:
+    """A log-log plot of the Neumann error against ||S||_2 (one line per term count), as SVG text."""
+    import math
+
+    width, height, left, bottom = 560, 360, 60, 40
+    xs = [r["norm"] for r in figures["rows"]]
+    lo_x, hi_x, lo_y, hi_y = math.log10(min(xs)), math.log10(max(xs)), -17.0, 1.0
+
+    def point(x: float, y: float) -> str:
+        y = max(y, 10**lo_y)
+        px = left + (math.log10(x) - lo_x) / (hi_x - lo_x) * (width - left - 10)
+        py = (height - bottom) - (math.log10(y) - lo_y) / (hi_y - lo_y) * (height - bottom - 10)
+        return f"{px:.1f},{py:.1f}"
+
+    colours = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">']
+    parts.append(f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>')
+    for e in range(int(lo_y), int(hi_y) + 1, 2):
+        y = point(min(xs), 10.0**e).split(",")[1]
+        parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y}" y2="{y}" stroke="#eee"/>')
+        parts.append(f'<text x="4" y="{y}">1e{e}</text>')
+    for n, colour in zip(range(1, 9), colours, strict=True):
+        line = " ".join(point(r["norm"], r["errors"][n]) for r in figures["rows"])
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}"/>')
+        bound = " ".join(point(r["norm"], r["bounds"][n]) for r in figures["rows"] if math.isfinite(r["bounds"][n]))
+        parts.append(f'<polyline points="{bound}" fill="none" stroke="{colour}" stroke-dasharray="3,3"/>')
+        parts.append(f'<text x="{width - 150}" y="{20 + 13 * n}" fill="{colour}">{n} terms (dashed: bound)</text>')
+    exact = " ".join(point(r["norm"], r["fp32_exact"]) for r in figures["rows"])
+    parts.append(f'<polyline points="{exact}" fill="none" stroke="black" stroke-width="2"/>')
+    parts.append(f'<text x="{width - 150}" y="{20 + 13 * 9}">exact Cayley in fp32</text>')
+    tol = point(min(xs), figures["tolerance"]).split(",")[1]
+    parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{tol}" y2="{tol}" stroke="red" stroke-dasharray="6,2"/>')
+    parts.append(f'<text x="{left + 4}" y="{float(tol) - 3}" fill="red">automatic-choice tolerance</text>')
+    parts.append(
+        f'<text x="{left}" y="{height - 8}">||S||_2 from {min(xs):g} to {max(xs):g} (log); spectral error of R vs the exact '
+        f"Cayley transform (log), blocks {figures['block']}</text>"
+    )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def lora_kind_clone(base: Any, parameters: int) -> tuple[Any, list[torch.Tensor], int] | None:
+    """A training clone with TapTune's LoRA kind on the attention layers, rank matching ``parameters``; None if absent."""
+    try:
+        from taptune.adapter_core.lora import LoRAConfig, LoRASpec
+    except ImportError:
+        return None
+    from taptune.patching.install import install_plan
+    from taptune.patching.model_access import model_view
+
+    view = model_view(base)
+    probe = LoRASpec(LoRAConfig(rank=1, alpha=1.0, targets="attention")).build(view, 0)
+    per_rank = sum(p.numel() for p in probe.parameters())
+    rank = max(1, round(parameters / per_rank))
+    spec = LoRASpec(LoRAConfig(rank=rank, alpha=float(rank), targets="attention"))
+    adapter_set = spec.build(view, 0)
+    return install_plan(base.clone(), spec.training_plan(adapter_set, view)), adapter_set.parameters(), rank
 
 
 def patched_with(model: Any, make: Any, layers: dict[str, tuple[int, int]]) -> Any:
@@ -172,7 +276,7 @@ def main() -> None:
     base = build_model_patcher("SD15", SD15_FULL, seed=0)
     base.model.requires_grad_(False)
     layers = oft_targets(model_view(base), "attention")
-    oft_set = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=True))
+    oft_set = on_coft_ball(OFTAdapterSet.create(layers, OFTConfig(r=4, coft=True)))
     ranks = {path: max(1, round(oft_set.rotations[path].num_parameters() / (i + o))) for path, (i, o) in layers.items()}
     lora_parameters = sum(ranks[p] * (i + o) for p, (i, o) in layers.items())
 
@@ -188,12 +292,8 @@ def main() -> None:
     tokens = token_counts(base, layers, x, sigma, ctx)
 
     def make_oft(layer: nn.Module) -> nn.Module:
-        return RotatedLinear(
-            layer,
-            OFTAdapterSet.create({"x": (layer.in_features, layer.out_features)}, OFTConfig(r=4, coft=True)).rotations[
-                "x"
-            ],
-        )
+        single = OFTAdapterSet.create({"x": (layer.in_features, layer.out_features)}, OFTConfig(r=4, coft=True))
+        return RotatedLinear(layer, on_coft_ball(single).rotations["x"])
 
     results: dict[str, Any] = {
         "parameters_by_r": parameters,
@@ -220,16 +320,23 @@ def main() -> None:
             if name == "frozen_only":
                 continue
             if name == "oft":
-                trainable = OFTAdapterSet.create(layers, OFTConfig(r=4, coft=True))
+                trainable = on_coft_ball(OFTAdapterSet.create(layers, OFTConfig(r=4, coft=True)))
                 clone, params = with_oft_trainable(base, trainable), trainable.parameters()
             else:
                 clone, params = patched_with(base, make, layers)
             clones.append(clone)
             steps[name] = train_step(clone, params, x, sigma, ctx)
+        kind = lora_kind_clone(base, oft_set.num_parameters())
+        if kind is not None:
+            clone, params, results["lora_kind_rank"] = kind
+            results["lora_kind_parameters"] = sum(p.numel() for p in params)
+            clones.append(clone)
+            steps["lora_kind"] = train_step(clone, params, x, sigma, ctx)
         with torch.inference_mode(False), torch.enable_grad():
             unet_times = interleaved(steps, args.rounds + 1)
         unet_times = {name: t[1:] for name, t in unet_times.items()}
         results["unet_step_seconds"] = {name: statistics.median(t) for name, t in unet_times.items()}
+        results["unet_step_rounds"] = unet_times
         for clone in clones:
             release(clone)  # unload: their object patches leave the shared model
 
@@ -277,15 +384,24 @@ def main() -> None:
         / results["layer_adapter_overhead_seconds"]["lora"],
     }
     if "unet_step_seconds" in results:
+        for other in ("lora", "lora_kind"):
+            if other in unet_times:
+                pairs = sorted(a / b for a, b in zip(unet_times["oft"], unet_times[other], strict=True))
+                results["ratios"][f"unet_oft_over_{other}_spread"] = {"min": pairs[0], "max": pairs[-1], "all": pairs}
+        if "lora_kind" in unet_times:
+            results["ratios"]["unet_oft_over_lora_kind"] = paired_ratio(unet_times, "oft", "lora_kind")
         results["ratios"].update(
             unet_oft_over_lora=paired_ratio(unet_times, "oft", "lora"),
             unet_naive_over_oft=paired_ratio(unet_times, "naive_oft", "oft"),
             sampling_merged_over_base=paired_ratio(sample_times, "merged_oft", "base"),
         )
+    results["neumann"] = neumann_figures()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "oft_neumann_error.svg").write_text(neumann_svg(results["neumann"]) + "\n")
     results["settings"] = vars(args)
     path = write_result("oft", results)
     for key, value in results.items():
-        if key not in ("settings",):
+        if key not in ("settings", "neumann", "unet_step_rounds"):
             print(f"{key}: {value}")
     print(f"wrote {path}")
 

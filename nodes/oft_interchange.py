@@ -15,7 +15,7 @@ from ..adapter_core.file_format import check_adapter_file, load_adapter_file, wr
 from ..adapter_core.oft.oft_import import import_oft
 from ..patching.apply import adapter_set_for_model
 from ..patching.model_access import model_architecture, model_layers_per_block, model_view
-from ..patching.weight_export import lora_differences
+from ..patching.weight_export import MAX_EXPORT_RANK, lora_differences, lora_low_rank
 from .common import (
     CATEGORY_CONVERT,
     adapter_file_stamp,
@@ -93,7 +93,7 @@ class TapTuneImportOFT(io.ComfyNode):
 
 
 class TapTuneExportOFTAsLoRA(io.ComfyNode):
-    """Write an OFT adapter as full weight differences that stock LoRA loaders apply."""
+    """Write an OFT adapter as weight differences (whole, or at a rank) that stock LoRA loaders apply."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -102,10 +102,12 @@ class TapTuneExportOFTAsLoRA(io.ComfyNode):
             display_name="TapTune Export OFT as LoRA",
             category=CATEGORY_CONVERT,
             description=(
-                "Turns a TapTune OFT file into a LoRA-format file of full weight differences (<layer>.diff) in "
-                "models/loras, so that stock LoraLoader / LoraLoaderModelOnly (and tools without TapTune) reproduce the "
-                "rotation on this MODEL. Exact at strength 1; other strengths scale the difference linearly. Size: the "
-                "rotated layers' weights (187 MB in fp16 for SD 1.5's attention layers)."
+                "Turns a TapTune OFT file into a LoRA file in models/loras, so that stock LoraLoader / "
+                "LoraLoaderModelOnly (and tools without TapTune) reproduce the rotation on this MODEL. rank 0 writes "
+                "full weight differences (<layer>.diff): exact at strength 1, the size of the rotated layers' weights "
+                "(187 MB in fp16 for SD 1.5's attention layers). A rank writes each difference's best rank-r "
+                "approximation (truncated SVD) as a standard LoRA (lora_up / lora_down / alpha, kohya names) that "
+                "LoRA-only tools read: far smaller, approximate. Other strengths scale the difference linearly."
             ),
             inputs=[
                 io.Model.Input(
@@ -130,6 +132,16 @@ class TapTuneExportOFTAsLoRA(io.ComfyNode):
                 io.Combo.Input(
                     "dtype", options=list(EXPORT_DTYPES), default="fp16", tooltip="fp32 is exact; fp16 halves the size."
                 ),
+                io.Int.Input(
+                    "rank",
+                    default=0,
+                    min=0,
+                    max=MAX_EXPORT_RANK,
+                    optional=True,
+                    tooltip="0 = full weight differences (.diff, exact). Otherwise a standard LoRA of this rank per "
+                    "layer (truncated SVD of each difference): smaller and approximate; a rank at or above a layer's "
+                    "width keeps it whole. The README lists the error against rank.",
+                ),
             ],
             outputs=[io.String.Output(display_name="lora_name", tooltip="The written file, as LoRA loaders list it.")],
             is_output_node=True,
@@ -147,18 +159,24 @@ class TapTuneExportOFTAsLoRA(io.ComfyNode):
         strength: float = 1.0,
         filename_prefix: str = "taptune/oft_as_lora",
         dtype: str = "fp16",
+        rank: int = 0,
     ) -> io.NodeOutput:
         node = "TapTuneExportOFTAsLoRA"
         path = adapter_path(node, "adapter_name", adapter_name)
         with node_errors(node, "adapter_name"):
             dtype_name = choice(dtype, "dtype", EXPORT_DTYPES)
+            rank = bounded_integer(0 if rank is None else rank, "rank", 0, MAX_EXPORT_RANK)
             adapter_file = load_adapter_file(path)
             check_architecture(adapter_file.base, model_architecture(model), f"adapter '{adapter_name}'")
             adapter_set = adapter_set_for_model(adapter_file, model)
-            diffs = lora_differences(
-                model, adapter_set, bounded_number(strength, "strength", -10.0, 10.0), EXPORT_DTYPES[dtype_name]
-            )
+            s = bounded_number(strength, "strength", -10.0, 10.0)
+            if rank:
+                diffs = lora_low_rank(model, adapter_set, rank, s, EXPORT_DTYPES[dtype_name])
+            else:
+                diffs = lora_differences(model, adapter_set, s, EXPORT_DTYPES[dtype_name])
         metadata = {"taptune_source": adapter_name, "taptune_strength": str(float(strength))}
+        if rank:
+            metadata["taptune_rank"] = str(rank)
         _, name = write_new_output(
             node,
             filename_prefix,
@@ -167,5 +185,9 @@ class TapTuneExportOFTAsLoRA(io.ComfyNode):
         )
         size = sum(t.numel() * t.element_size() for t in diffs.values())
         return io.NodeOutput(
-            name, ui=ui.PreviewText(f"saved models/loras/{name}: {len(diffs)} layers, {size / 2**20:.1f} MiB")
+            name,
+            ui=ui.PreviewText(
+                f"saved models/loras/{name}: {len(diffs) // 3 if rank else len(diffs)} layers"
+                f"{f' at rank {rank}' if rank else ''}, {size / 2**20:.1f} MiB"
+            ),
         )

@@ -5,8 +5,9 @@ orthogonal ``R`` (``r`` blocks of size ``k = in / r``). Each block comes from a 
 generator ``S`` through the Cayley transform ``R = (I - S)(I + S)^-1``.
 
 Nothing here builds the dense block-diagonal matrix: blocks are kept as an ``(r, k, k)``
-stack (``(1, k, k)`` when shared), the Cayley transform is one batched solve, and a
-rotation is applied to whichever of weight or activations is cheaper.
+stack (``(1, k, k)`` when shared), the Cayley transform is one ``k x k`` inverse per block
+(mostly matrix products), and a rotation is applied to whichever of weight or activations is
+cheaper, as one batched product (the input-centric form of OFTv2 while training).
 """
 
 from __future__ import annotations
@@ -38,47 +39,197 @@ def _per_block(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+#: Largest block the CPU inverts in one batched LU (the failure above starts near 96; 64 is safe).
+BATCHED_CPU_LU_MAX = 64
+
+
 def inverse_blocks(A: torch.Tensor) -> torch.Tensor:
-    """The inverse of every block of a stack ``(n, k, k)``."""
-    if _per_block(A.device) and A.shape[0] > 1:
+    """The inverse of every block of a stack ``(n, k, k)`` (LAPACK: one LU per block)."""
+    if _per_block(A.device) and A.shape[0] > 1 and A.shape[-1] > BATCHED_CPU_LU_MAX:
         return torch.stack([torch.linalg.inv(block) for block in A])
     return torch.linalg.inv(A)
 
 
-class SkewSystemSolve(torch.autograd.Function):
-    """``X = (I - c (P - P^T))^-1 B`` for a stack of blocks, with gradients to ``P`` and ``B``.
+#: Blocks up to this size are inverted by LAPACK; larger ones are split in two (see
+#: :func:`inverse_identity_plus_skew`). Below it a split costs more in calls than it saves.
+DIRECT_INVERSE_MAX = 48
 
-    One node for what would otherwise be a skew, a scale, an identity, a solve and their
-    backward. The system ``I - S`` is well conditioned (its singular values are at least 1,
-    ``S`` being skew-symmetric), so the block inverses are formed once and everything else
-    is matrix products, which run far faster than triangular solves: ``dB = A^-T dX``,
-    ``dA = -dB X^T``, ``dP = c (dA^T - dA)``.
+
+def inverse_identity_plus_skew(A: torch.Tensor) -> torch.Tensor:
+    """The inverse of every block of a stack ``A = I + K`` (``K`` skew-symmetric), mostly by matrix products.
+
+    Block elimination without pivoting: with ``A = [[A11, A12], [A21, A22]]``,
+    ``T = A11^-1 A12``, ``U = A21 A11^-1`` and the Schur complement ``C = A22 - A21 T``,
+    ``A^-1 = [[A11^-1 + T C^-1 U, -T C^-1], [-C^-1 U, C^-1]]``; ``A11^-1`` and ``C^-1`` the same
+    way, down to :data:`DIRECT_INVERSE_MAX`. No pivot is ever small: the symmetric part of
+    ``A`` is ``I``, and so is at least that of ``A11`` and of ``C`` (for ``v = [-T x; x]``,
+    ``x^T C x = v^T A v = |v|^2 >= |x|^2``), so every inverse met has norm at most 1.
+
+    Same flop count as an LU inverse, but batched matrix products run several times faster
+    on a CPU than LAPACK's LU and triangular solves at these sizes (and need no batched LU).
+    """
+    k = A.shape[-1]
+    if k <= DIRECT_INVERSE_MAX:
+        return inverse_blocks(A)
+    h = k // 2
+    A11, A12, A21, A22 = A[:, :h, :h], A[:, :h, h:], A[:, h:, :h], A[:, h:, h:]
+    X11 = inverse_identity_plus_skew(A11)
+    T = torch.bmm(X11, A12)
+    U = torch.bmm(A21, X11)
+    Y = inverse_identity_plus_skew(torch.baddbmm(A22, A21, T, alpha=-1.0))
+    B12 = torch.bmm(T, Y).neg_()
+    B21 = torch.bmm(Y, U).neg_()
+    B11 = torch.baddbmm(X11, B12, U, alpha=-1.0)
+    return torch.cat((torch.cat((B11, B12), dim=2), torch.cat((B21, Y), dim=2)), dim=1)
+
+
+class _InverseIdentityPlusSkew(torch.autograd.Function):
+    """:func:`inverse_identity_plus_skew` with its gradient ``dA = -A^-T dX A^-T``."""
+
+    @staticmethod
+    def forward(ctx: Any, A: torch.Tensor) -> torch.Tensor:
+        inverse = inverse_identity_plus_skew(A)
+        ctx.save_for_backward(inverse)
+        return inverse
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (inverse,) = ctx.saved_tensors
+        transposed = inverse.transpose(-1, -2)
+        return torch.bmm(torch.bmm(transposed, grad), transposed).neg_()
+
+
+def transposed_rotation(P: torch.Tensor, strength: float = 1.0, neumann_terms: int | None = None) -> torch.Tensor:
+    """Blocks of ``R^T = 2 (I - S)^-1 - I`` for ``S = strength (P - P^T) / 2``, with gradients to ``P``.
+
+    ``P`` is a ``(blocks, k, k)`` stack; the result is fp32 (fp64 for fp64 ``P``), ``k x k`` per
+    block: this is all the Cayley transform costs per step, whatever the number of tokens.
+    Exact (:func:`inverse_identity_plus_skew`) unless ``neumann_terms`` is given: then
+    ``(I - S)^-1`` is the series ``sum_{i<n} S^i`` (error bounded by :func:`neumann_error_bound`).
+    """
+    with torch.autocast(P.device.type, enabled=False):  # the inverse wants fp32 also under autocast
+        work = P if P.dtype == torch.float64 else P.float()
+        S = skew(work)
+        if strength != 1.0:
+            S = S * strength
+        eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
+        if neumann_terms is None:
+            inverse = _InverseIdentityPlusSkew.apply(eye - S)
+        else:
+            inverse = neumann_inverse_series(S, neumann_terms)
+        return 2.0 * inverse - eye
+
+
+class _RotateRows(torch.autograd.Function):
+    """``y_b = M_b x_b`` for every row ``x`` split in blocks ``x_b`` (``M``: ``(blocks, k, k)``, or ``(1, k, k)`` shared).
+
+    One batched product forward, two backward (``dx_b = M_b^T dy_b``, ``dM_b = sum dy_b x_b^T``);
+    nothing of the activations' size is kept but ``x`` itself, and the only copy is the one
+    that puts the blocks back side by side. Runs in ``x``'s dtype (``M`` is cast to it, as
+    autocast casts a LoRA's weights); ``M``'s gradient comes back in ``M``'s dtype.
     """
 
     @staticmethod
-    def forward(ctx: Any, P: torch.Tensor, B: torch.Tensor, c: float) -> torch.Tensor:
-        # Always fp32, also under autocast: the backward below runs outside autocast and its
-        # products must see one dtype (and the inverse wants the precision).
-        ctx.dtypes = (P.dtype, B.dtype)
-        with torch.autocast(B.device.type, enabled=False):
-            P32, B32 = P.float(), B.float()
-            A = (P32.transpose(-1, -2) - P32).mul_(c)
-            A.diagonal(dim1=-2, dim2=-1).add_(1.0)
-            inverse = inverse_blocks(A)
-            X = inverse @ B32
-        ctx.save_for_backward(inverse, X)
-        ctx.c = c
-        return X
+    def forward(ctx: Any, x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        ctx.m_dtype = M.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            Mx = M.to(x.dtype)
+            n, width = x.shape
+            blocks, k = Mx.shape[0], Mx.shape[-1]
+            if blocks == 1:
+                y = torch.mm(x.view(-1, k), Mx[0].t()).view(n, width)
+            else:
+                y = torch.bmm(x.view(n, blocks, k).transpose(0, 1), Mx.transpose(1, 2))
+                y = y.transpose(0, 1).reshape(n, width)
+        ctx.save_for_backward(x, Mx)
+        return y
 
     @staticmethod
-    def backward(ctx: Any, grad_X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        inverse, X = ctx.saved_tensors
-        grad_X = grad_X.to(inverse.dtype)
-        grad_B = inverse.transpose(-1, -2) @ grad_X
-        grad_A = -(grad_B @ X.transpose(-1, -2))
-        grad_P = (grad_A.transpose(-1, -2) - grad_A).mul_(ctx.c)
-        p_dtype, b_dtype = ctx.dtypes
-        return grad_P.to(p_dtype), grad_B.to(b_dtype), None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, Mx = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        n, width = x.shape
+        blocks, k = Mx.shape[0], Mx.shape[-1]
+        grad_x = grad_M = None
+        with torch.autocast(x.device.type, enabled=False):
+            if blocks == 1:
+                g, xs = grad.reshape(-1, k), x.view(-1, k)
+                if ctx.needs_input_grad[0]:
+                    grad_x = torch.mm(g, Mx[0]).view(n, width)
+                if ctx.needs_input_grad[1]:
+                    grad_M = torch.mm(g.t(), xs).unsqueeze(0)
+            else:
+                g = grad.reshape(n, blocks, k).transpose(0, 1)
+                if ctx.needs_input_grad[0]:
+                    grad_x = torch.bmm(g, Mx).transpose(0, 1).reshape(n, width)
+                if ctx.needs_input_grad[1]:
+                    grad_M = torch.bmm(g.transpose(1, 2), x.view(n, blocks, k).transpose(0, 1))
+        if grad_M is not None:
+            grad_M = grad_M.to(ctx.m_dtype)
+        return grad_x, grad_M
+
+
+def _blocks_apply(x: torch.Tensor, M: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """``M_b x_b`` (or ``M_b^T x_b``) for every row ``x`` of ``(n, blocks * k)``, as one product."""
+    n, width = x.shape
+    blocks, k = M.shape[0], M.shape[-1]
+    right = M if transpose else M.transpose(-1, -2)
+    if blocks == 1:
+        return torch.mm(x.view(-1, k), right[0]).view(n, width)
+    return torch.bmm(x.view(n, blocks, k).transpose(0, 1), right).transpose(0, 1).reshape(n, width)
+
+
+class _CayleyRotateRows(torch.autograd.Function):
+    """``y_b = R_b^T x_b`` for every row, ``R^T = 2 (I - S)^-1 - I``, ``S = s (P - P^T) / 2``: exact, no k^3 backward.
+
+    Forward: one ``k x k`` inverse per block (:func:`inverse_identity_plus_skew`) and one
+    batched product. Backward, with ``g = dL/dy``: ``dL/dx_b = g_b M_b`` (``M = R^T``), and since
+    ``g inv = (dL/dx + g) / 2`` and ``x inv^T = (y + x) / 2`` (``inv = (I - S)^-1``),
+    ``dL/d(I - S) = -inv^T (2 g^T x) inv^T = -Q / 2`` with ``Q_b = (dL/dx + g)_b^T (y + x)_b``,
+    so ``dL/dP = s (Q - Q^T) / 4``: one more product of the activations' size and no second
+    inverse or ``k^3`` product. Products run in ``x``'s dtype (``R^T`` is cast to it, as autocast
+    casts a LoRA's weights); the inverse in fp32 at least.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, P: torch.Tensor, strength: float) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            work = P if P.dtype == torch.float64 else P.float()
+            S = skew(work)
+            if strength != 1.0:
+                S.mul_(strength)
+            eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
+            inverse = inverse_identity_plus_skew(eye - S)
+            M = inverse.mul_(2.0).sub_(eye).to(x.dtype)
+            y = _blocks_apply(x, M, transpose=False)
+        ctx.save_for_backward(x, y, M)
+        ctx.strength, ctx.p_dtype = strength, P.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, y, M = ctx.saved_tensors
+        grad = grad.to(x.dtype).contiguous()
+        blocks, k = M.shape[0], M.shape[-1]
+        with torch.autocast(x.device.type, enabled=False):
+            grad_x = _blocks_apply(grad, M, transpose=True)
+            grad_P = None
+            if ctx.needs_input_grad[1]:
+                left, right = (grad_x + grad).view(-1, k), (y + x).view(-1, k)
+                if blocks == 1:
+                    Q = torch.mm(left.t(), right).unsqueeze(0)
+                else:
+                    n = x.shape[0]
+                    Q = torch.bmm(left.view(n, blocks, k).permute(1, 2, 0), right.view(n, blocks, k).transpose(0, 1))
+                Q = Q.float() if Q.dtype != torch.float64 else Q
+                grad_P = (Q - Q.transpose(-1, -2)).mul_(0.25 * ctx.strength).to(ctx.p_dtype)
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_P, None
+
+
+def rotate_rows(x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``M_b x_b`` for every row vector of ``x`` (any leading shape), blockwise; see :class:`_RotateRows`."""
+    rows = x.reshape(-1, x.shape[-1])
+    return _RotateRows.apply(rows, M).reshape(x.shape)
 
 
 def cayley(S: torch.Tensor) -> torch.Tensor:
@@ -123,10 +274,37 @@ def neumann_error_bound(S: torch.Tensor, terms: int) -> float:
 
     Infinite when the series does not converge (``||S||_2 >= 1``).
     """
-    q = float(torch.linalg.matrix_norm(S.double(), ord=2).max())
+    return neumann_bound_for_norm(float(torch.linalg.matrix_norm(S.double(), ord=2).max()), terms)
+
+
+def neumann_bound_for_norm(q: float, terms: int) -> float:
+    """``2 q^n / (1 - q)``: the Neumann error bound for any generator with ``||S||_2 <= q``.
+
+    ``(I + S)^-1 - sum_{i<n} (-S)^i = (-S)^n (I + S)^-1`` and ``||(I + S)^-1||_2 <= 1`` for a
+    skew-symmetric ``S``, so the bound is even ``2 q^n``; the stated one holds for any ``S``.
+    """
     if q >= 1.0:
         return math.inf
     return 2.0 * q**terms / (1.0 - q)
+
+
+#: Training replaces the exact Cayley transform by the Neumann series on its own only when the
+#: series' error bound (spectral norm of the rotation's error) is at most this: the size of the
+#: fp32 rounding of the exact transform itself (see bench/oft.py's "neumann" figures).
+AUTO_NEUMANN_TOLERANCE = 1e-6
+#: ... and with at most this many terms (OFTv2's 5): each term is a ``k x k`` product forward
+#: and two backward, and beyond that the exact transform (one inverse) costs less.
+AUTO_NEUMANN_MAX_TERMS = 5
+
+
+def neumann_terms_within(
+    q: float, tolerance: float = AUTO_NEUMANN_TOLERANCE, max_terms: int = AUTO_NEUMANN_MAX_TERMS
+) -> int | None:
+    """The fewest Neumann terms whose error bound for ``||S||_2 <= q`` is within ``tolerance``, or None."""
+    for terms in range(1, max_terms + 1):
+        if neumann_bound_for_norm(q, terms) <= tolerance:
+            return terms
+    return None
 
 
 def rotate_weight(weight: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
@@ -152,46 +330,27 @@ def rotate_input(x: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return rearrange(out, "... b k -> ... (b k)")
 
 
-def _block_patterns(shared: bool, rows: str) -> tuple[str, str]:
-    # Rows of width b*k become columns of each k x k block (shared: all blocks side by side).
-    if shared:
-        return f"{rows} (b k) -> 1 k ({rows} b)", f"1 k ({rows} b) -> {rows} (b k)"
-    return f"{rows} (b k) -> b k {rows}", f"b k {rows} -> {rows} (b k)"
-
-
-def _inverse_apply(P: torch.Tensor, columns: torch.Tensor, c: float, neumann_terms: int | None) -> torch.Tensor:
-    """``(I - c (P - P^T))^-1 columns`` per block: one LU per block, or the Neumann series."""
-    if neumann_terms is None:
-        return SkewSystemSolve.apply(P, columns, c)
-    S = (P - P.transpose(-1, -2)).mul_(c)
-    return neumann_inverse_series(S, neumann_terms, columns)
-
-
 def rotate_input_from_raw(
     x: torch.Tensor, P: torch.Tensor, strength: float = 1.0, neumann_terms: int | None = None
 ) -> torch.Tensor:
-    """``R^T x`` per row vector for ``S = strength (P - P^T) / 2``, never forming ``R``.
+    """``R^T x`` per row vector for ``S = strength (P - P^T) / 2`` (``P``: ``(blocks, k, k)``).
 
-    ``R^T = 2 (I - S)^-1 - I``: one LU solve per block with the tokens as right-hand
-    sides. Forward and backward together cost about what a LoRA of the same size costs,
-    plus the LU itself.
+    The ``k x k`` blocks of ``R^T`` come from :func:`transposed_rotation` (its cost does not
+    grow with the tokens), then one batched product per direction (:func:`rotate_rows`):
+    the input-centric form of OFTv2, never a weight-sized product.
     """
+    if neumann_terms is not None:
+        return rotate_rows(x, transposed_rotation(P, strength, neumann_terms))
     rows = x.reshape(-1, x.shape[-1])
-    pattern, back = _block_patterns(P.shape[0] == 1, "n")
-    columns = rearrange(rows, pattern, k=P.shape[-1]).to(P.dtype) * 2.0
-    solved = rearrange(_inverse_apply(P, columns, 0.5 * strength, neumann_terms), back, n=rows.shape[0])
-    return (solved.to(x.dtype) - rows).reshape(x.shape)
+    return _CayleyRotateRows.apply(rows, P, strength).reshape(x.shape)
 
 
 def rotate_weight_from_raw(
     weight: torch.Tensor, P: torch.Tensor, strength: float = 1.0, neumann_terms: int | None = None
 ) -> torch.Tensor:
-    """``W R^T`` for ``S = strength (P - P^T) / 2``: ``W R^T = 2 W (I - S)^-1 - W`` (rows as right-hand sides)."""
-    pattern, back = _block_patterns(P.shape[0] == 1, "o")
-    # W (I - S)^-1 = ((I - S)^-T W^T)^T = ((I + S)^-1 W^T)^T: the system with -c, rows as columns.
-    columns = rearrange(weight, pattern, k=P.shape[-1]).to(P.dtype) * 2.0
-    solved = rearrange(_inverse_apply(P, columns, -0.5 * strength, neumann_terms), back, o=weight.shape[0])
-    return solved.to(weight.dtype) - weight
+    """``W R^T`` for ``S = strength (P - P^T) / 2``: each row of ``W`` turned by ``R`` (``R w = (R^T)^T w``)."""
+    Rt = transposed_rotation(P, strength, neumann_terms)
+    return rotate_rows(weight, Rt.transpose(-1, -2))
 
 
 def activation_side_is_cheaper(tokens: int, out_features: int, k: int, training: bool) -> bool:

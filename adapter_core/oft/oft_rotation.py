@@ -16,6 +16,7 @@ from torch import nn
 from .cayley import (
     activation_side_is_cheaper,
     cayley,
+    neumann_terms_within,
     rotate_input_from_raw,
     rotate_weight,
     rotate_weight_from_raw,
@@ -113,6 +114,38 @@ class OFTRotation(nn.Module):
             out = out * m.to(out)[:, None]
         return out
 
+    def generator_norm_bound(self) -> float | None:
+        """A bound on ``||S||_2`` of every block known without reading ``P``: COFT's, or None.
+
+        The COFT projection keeps ``||P_i||_F <= radius`` (it runs after every optimiser step
+        of the main phase, and ``P`` starts at 0); ``||S_i||_F <= ||P_i||_F`` (``S`` is the
+        skew part of ``P``) and ``||S||_2 <= ||S||_F / sqrt(2)`` for a skew-symmetric ``S``
+        (its eigenvalues come in pairs ``+-i lambda``).
+        """
+        if not self.config.coft:
+            return None
+        return self.radius / math.sqrt(2.0)
+
+    def training_neumann_terms(self, neumann_terms: int | None = None, strength: float = 1.0) -> int | None:
+        """How many Neumann terms the training path uses, or None for the exact Cayley transform.
+
+        An explicit ``neumann_terms`` (the spec's option) is kept. Otherwise the series is used
+        only where its error bound (:func:`~.cayley.neumann_terms_within`, at most
+        :data:`~.cayley.AUTO_NEUMANN_TOLERANCE`) holds for every ``P`` the COFT ball allows;
+        everywhere else the transform is exact. Merged weights are always exact.
+        """
+        if neumann_terms is not None:
+            return neumann_terms
+        bound = self.generator_norm_bound()
+        if bound is None:
+            return None
+        if self.P.device.type == "cpu":
+            # Free here (no device sync): a P outside its ball (projection skipped) falls back to exact.
+            norms = torch.linalg.matrix_norm(self.blocks.detach().float())
+            if float(norms.max()) > self.radius * (1.0 + 1e-6):
+                return None
+        return neumann_terms_within(bound * abs(strength))
+
     def linear(
         self,
         x: torch.Tensor,
@@ -123,22 +156,22 @@ class OFTRotation(nn.Module):
     ) -> torch.Tensor:
         """``diag(m) W R^T x + b`` with gradients to ``P`` (and ``m``): the training path.
 
-        The rotation goes onto the activations or onto the weight, whichever costs less for
-        these shapes (:func:`activation_side_is_cheaper`, backward included when training);
-        either way it is solved straight from ``S`` (one LU per block, ``R`` is never formed):
-        see :func:`rotate_input_from_raw` and :func:`rotate_weight_from_raw`.
+        The ``k x k`` blocks of ``R^T`` are computed once per call (exact, or the Neumann series:
+        :meth:`training_neumann_terms`), then the rotation goes onto the activations or onto the
+        weight, whichever costs less for these shapes (:func:`activation_side_is_cheaper`,
+        backward included when training), as one batched product: see
+        :func:`rotate_input_from_raw` and :func:`rotate_weight_from_raw`.
         """
         weight = weight.to(device=x.device, dtype=x.dtype)
         P = self.blocks.to(device=x.device)
-        if x.dtype not in (torch.float32, torch.float64):
-            P = P.float()  # the solve needs fp32; the big matmul below stays in x's dtype
+        terms = self.training_neumann_terms(neumann_terms, strength)
         tokens = x.numel() // x.shape[-1]
         if activation_side_is_cheaper(
             tokens, weight.shape[0], self.k, torch.is_grad_enabled() and self.P.requires_grad
         ):
-            y = F.linear(rotate_input_from_raw(x, P, strength, neumann_terms), weight)
+            y = F.linear(rotate_input_from_raw(x, P, strength, terms), weight)
         else:
-            y = F.linear(x, rotate_weight_from_raw(weight, P, strength, neumann_terms))
+            y = F.linear(x, rotate_weight_from_raw(weight, P, strength, terms))
         m = self.magnitude_at(strength)
         if m is not None:
             y = y * m.to(y)

@@ -8,7 +8,8 @@ the text encoder and VAE are the stand-ins of ``devtools/standins.py``.
 
 Checks (pass or fail, with the numbers):
 
-* ``oft_solve``: OFT's batched block solve (``SkewSystemSolve``, the Cayley transform) on the
+* ``oft_solve``: OFT's training rotation (the block inverse by matrix products, the fused
+  activation rotation and its backward; the Cayley transform) on the
   device against a float64 CPU reference, values and gradients;
 * ``autocast_<kind>_<precision>``: a short TapTuneDreamBoothTrain run (tap recipe, OFT r=4 COFT)
   under bf16 and fp16 autocast (fp16 with loss scaling): finite losses, fp32 adapter weights
@@ -207,33 +208,35 @@ def per_step(times: list[float]) -> float:
 
 
 def check_oft_solve(device: torch.device) -> dict[str, Any]:
-    from taptune.adapter_core.oft.cayley import SkewSystemSolve, cayley, skew
+    from taptune.adapter_core.oft.cayley import cayley, rotate_input_from_raw, skew
 
     g = torch.Generator().manual_seed(0)
-    blocks, k, columns, c = 96, 80, 40, 0.5
+    blocks, k, tokens, strength = 4, 160, 40, 1.0  # k 160: the block inverse recurses (matrix products)
     P = (torch.randn(blocks, k, k, generator=g) * 0.05).requires_grad_(True)
-    B = torch.randn(blocks, k, columns, generator=g).requires_grad_(True)
-    weights = torch.randn(blocks, k, columns, generator=g)
+    x = torch.randn(tokens, blocks * k, generator=g).requires_grad_(True)
+    weights = torch.randn(tokens, blocks * k, generator=g)
     P_dev = P.detach().to(device).requires_grad_(True)
-    B_dev = B.detach().to(device).requires_grad_(True)
-    X_dev = SkewSystemSolve.apply(P_dev, B_dev, c)
-    (X_dev * weights.to(device)).sum().backward()
-    # Reference: float64 on the CPU, plain solve and autograd.
-    P64, B64 = P.detach().double().requires_grad_(True), B.detach().double().requires_grad_(True)
-    A64 = torch.eye(k, dtype=torch.float64) - c * (P64 - P64.transpose(-1, -2))
-    X64 = torch.linalg.solve(A64, B64)
-    (X64 * weights.double()).sum().backward()
+    x_dev = x.detach().to(device).requires_grad_(True)
+    y_dev = rotate_input_from_raw(x_dev, P_dev, strength)
+    (y_dev * weights.to(device)).sum().backward()
+    # Reference: float64 on the CPU, dense Cayley through torch.linalg.inv and autograd.
+    P64, x64 = P.detach().double().requires_grad_(True), x.detach().double().requires_grad_(True)
+    S = strength * (P64 - P64.transpose(-1, -2)) / 2
+    eye = torch.eye(k, dtype=torch.float64)
+    Rt = 2 * torch.linalg.inv(eye - S) - eye
+    y64 = torch.einsum("nbk,bjk->nbj", x64.view(tokens, blocks, k), Rt).reshape(tokens, blocks * k)
+    (y64 * weights.double()).sum().backward()
 
     def relative(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a.double().cpu() - b).norm() / b.norm())
 
     R = cayley(skew(P_dev.detach()))
-    eye = torch.eye(k, device=device)
+    eye_dev = torch.eye(k, device=device)
     errors = {
-        "solve": relative(X_dev.detach(), X64.detach()),
+        "solve": relative(y_dev.detach(), y64.detach()),
         "grad_P": relative(P_dev.grad, P64.grad),
-        "grad_B": relative(B_dev.grad, B64.grad),
-        "orthogonality": float((R @ R.transpose(-1, -2) - eye).abs().max()),
+        "grad_B": relative(x_dev.grad, x64.grad),
+        "orthogonality": float((R @ R.transpose(-1, -2) - eye_dev).abs().max()),
     }
     ok = (
         errors["solve"] < 1e-4
@@ -286,9 +289,22 @@ def check_memory_given_back(model: Any, size: int, steps: int, precision: str) -
 # -- benchmark ------------------------------------------------------------------------------------
 
 
+def lora_equal_spec(model: Any) -> Any:
+    """TapTune's LoRA kind on the attention layers with as many trainable parameters as OFT r=4 there."""
+    from taptune.adapter_core.lora import LoRAConfig, LoRASpec
+    from taptune.patching.model_access import model_view
+
+    view = model_view(model)
+    oft = coft_spec().build(view, 0).num_parameters()
+    per_rank = sum(p.numel() for p in LoRASpec(LoRAConfig(rank=1, alpha=1.0)).build(view, 0).parameters())
+    rank = max(1, round(oft / per_rank))
+    return LoRASpec(LoRAConfig(rank=rank, alpha=float(rank), targets="attention"))
+
+
 def bench_ours(model: Any, kind: str, size: int, steps: int, precision: str) -> dict[str, Any]:
     reset_peak()
-    result, times, _ = train(model, tap_spec() if kind == "tap" else coft_spec(), size, steps, precision)
+    spec = {"tap": tap_spec, "coft": coft_spec}[kind]() if kind != "lora" else lora_equal_spec(model)
+    result, times, _ = train(model, spec, size, steps, precision)
     return {
         "seconds_per_step": per_step(times),
         "step_seconds": times,
@@ -412,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in precisions:
             check.run("benchmark", f"tap_{p}", lambda p=p: bench_ours(big, "tap", big_size, steps, p))
             check.run("benchmark", f"coft_r4_{p}", lambda p=p: bench_ours(big, "coft", big_size, steps, p))
+            # TapTune's LoRA kind with OFT r=4's trainable-parameter count, same trainer (issue 19 §4: OFT <= 1.0x).
+            check.run("benchmark", f"lora_kind_equal_{p}", lambda p=p: bench_ours(big, "lora", big_size, steps, p))
             check.run("benchmark", f"comfy_lora_r8_{p}", lambda p=p: bench_comfy_lora(big, big_size, steps, p))
             check.run("benchmark", f"full_finetune_{p}", lambda p=p: bench_full(big, big_size, steps, p))
     failed = [n for n, v in check.results["checks"].items() if v["status"] != "pass"]

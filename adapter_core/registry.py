@@ -16,6 +16,7 @@ from typing import Any
 from .errors import AdapterFileError, ConfigError, TapTuneError
 from .file_format import AdapterFile, load_adapter_file
 from .kind import AdapterKind, AdapterSetBase, AdapterSpec, check_kind
+from .lora import LORA_KIND
 from .model_view import ModelView
 from .oft import OFT_KIND
 from .spec_form import SpecForm
@@ -36,6 +37,7 @@ def register(kind: AdapterKind) -> AdapterKind:
 
 register(TAP_KIND)
 register(OFT_KIND)
+register(LORA_KIND)
 
 
 def kind_named(name: str) -> AdapterKind:

@@ -11,6 +11,9 @@ subject with each seed, and evaluates it with the pocket judge (``pocket.metrics
   scaled to the pocket UNet's block sizes, see docs/decisions.md) -- the pack's trainer;
 * LoRA through ComfyUI's own ``TrainLoraNode`` (rank 8, every layer, the node's defaults
   otherwise), with the class images in its dataset so that it gets the same prior data;
+* LoRA as a TapTune kind (``lora``: every linear layer of every transformer block, alpha = rank)
+  through the pack's trainer, the tap recipe's objective, data and step budget; its rank makes
+  its trainable parameters about TrainLoraNode's;
 * full fine-tuning of the UNet (DreamBooth itself): the pack's objective and data, every UNet
   weight trainable, on a private copy of the model;
 * ``base``: no training (the reference row).
@@ -65,12 +68,13 @@ class Method:
     """One trained configuration of the comparison."""
 
     name: str
-    family: str  # base | tap | oft | lora | full
+    family: str  # base | tap | oft | lora | pack_lora | full
     learning_rate: float = 0.0
     din: str = ""
     dout: str = ""
     coft: bool = False
     eps: float = 6e-5
+    rank: int = 0
 
 
 def methods() -> list[Method]:
@@ -84,13 +88,21 @@ def methods() -> list[Method]:
         Method("COFT r=4, eps 6e-5 (paper)", "oft", OFT_LR, coft=True, eps=6e-5),
         Method(f"COFT r=4, eps {POCKET_COFT_EPS:g} (scaled)", "oft", OFT_LR, coft=True, eps=POCKET_COFT_EPS),
     ]
-    rows += [Method("LoRA r=8 (TrainLoraNode)", "lora", LORA_LR), Method("full UNet fine-tuning", "full", FULL_LR)]
+    rows += [
+        Method("LoRA r=8 (TrainLoraNode)", "lora", LORA_LR),
+        Method(f"LoRA r={PACK_LORA_RANK} (TapTune trainer)", "pack_lora", PACK_LORA_LR, rank=PACK_LORA_RANK),
+        Method("full UNet fine-tuning", "full", FULL_LR),
+    ]
     return rows
 
 
 TAP_LR = POCKET_TAP_LEARNING_RATE
 OFT_LR = POCKET_OFT_LEARNING_RATE
 LORA_LR = 5e-3
+#: The ``lora`` kind's rank on the pocket UNet's 100 transformer-block linear layers: 21 x 31,744 =
+#: 666,624 trainable parameters, the closest rank to TrainLoraNode's 656,492.
+PACK_LORA_RANK = 21
+PACK_LORA_LR = 2e-3
 FULL_LR = 1e-4
 
 
@@ -170,13 +182,18 @@ def _photos(subject: Any) -> tuple[list[Any], str]:
 
 
 def train_pack(ctx: Context, method: Method, subject: Any, seed: int) -> tuple[Any, int]:
-    """Tap or OFT/COFT through the pack's own DreamBooth run; the adapted MODEL and its trainable count."""
+    """Tap, OFT/COFT or the LoRA kind through the pack's own DreamBooth run; the adapted MODEL and its trainable count."""
     from taptune.adapter_core import OFTConfig, OFTSpec, TapConfig, TapGroupSpec, TapSpec
     from taptune.patching.apply import apply_adapter_set
     from taptune.training.run import run_dreambooth
 
     if method.family == "tap":
         spec: Any = TapSpec(groups=(TapGroupSpec(TapConfig(din=method.din, dout=method.dout)),))
+    elif method.family == "pack_lora":
+        from taptune.adapter_core.lora import LoRAConfig, LoRASpec
+
+        config = LoRAConfig(rank=method.rank, alpha=float(method.rank), targets="all_linear")
+        spec = LoRASpec(config, learning_rate=method.learning_rate)
     else:
         spec = OFTSpec(OFTConfig(r=4, coft=method.coft, eps=method.eps))
     photos, prompts = _photos(subject)
@@ -274,6 +291,7 @@ TRAINERS: dict[str, Callable[[Context, Method, Any, int], tuple[Any, int]]] = {
     "tap": train_pack,
     "oft": train_pack,
     "lora": train_lora_node,
+    "pack_lora": train_pack,
     "full": train_full,
 }
 

@@ -64,8 +64,16 @@ USAGE: dict[str, tuple[str, str]] = {
         "after loading a checkpoint: the template *dreambooth_tap_attn2o_ffni* is built around it.",
         "model, clip and vae from Load Checkpoint (or TapTune Pocket Model); spec from TapTune Tap Adapter Spec "
         "or TapTune OFT Spec; instance_images from TapTune Load Image Folder (or Load Image); class_images from "
-        "TapTune Class Images. MODEL goes to a KSampler (sample with the trained adapter at once), adapter to "
-        "TapTune Save Adapter, loss to Preview Image.",
+        "TapTune Class Images; settings (optional) from TapTune Training Settings. MODEL goes to a KSampler (sample "
+        "with the trained adapter at once), adapter to TapTune Save Adapter, loss to Preview Image, loss_map to "
+        "ComfyUI's Plot Loss Graph.",
+    ),
+    "TapTuneTrainingSettings": (
+        "When a run needs more than the trainer shows: numbered adapter files while it trains (save_every, to try "
+        "step 400 in another tab), previews, checkpoints and resume, precision and gradient checkpointing for GPU "
+        "memory, schedule and optimiser.",
+        "Its settings output to the settings input of TapTune DreamBooth Train (or TapTune Export Training Job). "
+        "Without it the trainer uses the defaults shown here.",
     ),
     "TapTuneTapSpec": (
         "To train tap-point adapters (the Closer-Look paper). Its defaults are the paper's best recipe "

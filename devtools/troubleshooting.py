@@ -18,6 +18,8 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapter_core.tap.tap_points import PAPER_PAIRS
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "troubleshooting.md"
 ROOMS = ("adapter_core", "patching", "training", "nodes")
@@ -117,7 +119,9 @@ ADVICE: dict[str, tuple[str, str]] = {
     "TapConfigError": (
         "A tap-adapter setting the paper's design space does not allow",
         "Only 20 (din, dout) pairs exist (docs/specification.md §1.3): the output position must come after the "
-        "input position inside one block. `attn2o` -> `ffni` is the paper's recipe.",
+        "input position inside one block. `attn2o` -> `ffni` is the paper's recipe. The valid pairs: "
+        + ", ".join(f"{din} -> {dout}" for din, dout in PAPER_PAIRS)
+        + ".",
     ),
     "OFTConfigError": (
         "An OFT setting that does not fit",

@@ -415,6 +415,13 @@ def oft_spec_node(**inputs: Any) -> dict[str, Any]:
     return {"class_type": "TapTuneOFTSpec", "inputs": {**defaults, **inputs}}
 
 
+def learning_rate_choice(rate: float) -> str:
+    """The trainer's learning_rate choice for a rate (0: the spec's, i.e. the paper's)."""
+    from taptune.nodes.train import learning_rate_option
+
+    return learning_rate_option(rate)
+
+
 def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str, Any]]]:
     """The example workflows in API form, keyed by file stem (the committed ones: ``GPU``)."""
     text = {"clip": ["ckpt", 1]}
@@ -491,7 +498,7 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
         },
     }
 
-    def train(spec: str, **changes: Any) -> dict[str, Any]:
+    def train(spec: str, settings: str = "settings", **changes: Any) -> dict[str, Any]:
         return {
             "class_type": "TapTuneDreamBoothTrain",
             "inputs": {
@@ -504,19 +511,31 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
                 "class_prompt": sizing.class_prompt,
                 "prior_loss_weight": 1.0,
                 "steps": sizing.train_steps,
-                "learning_rate": sizing.tap_learning_rate,
+                "learning_rate": learning_rate_choice(sizing.tap_learning_rate),
                 "batch_size": 1,
                 "seed": 0,
                 "class_images": ["classes", 0],
                 "resolution": sizing.size,
+                "settings": [settings, 0],
+                **changes,
+            },
+        }
+
+    def settings(**changes: Any) -> dict[str, Any]:
+        """The trainer's less-used settings: checkpoints, numbered saves and previews every few steps."""
+        return {
+            "class_type": "TapTuneTrainingSettings",
+            "inputs": {
                 "resize_mode": "center_crop",
-                "gradient_accumulation": 1,
                 "lr_schedule": "constant",
                 "warmup_steps": 0,
                 "optimizer": "adamw",
                 "weight_decay": 0.0,
                 "precision": "auto",
+                "gradient_accumulation": 1,
                 "gradient_checkpointing": False,
+                "save_every": sizing.checkpoint_every,
+                "keep_last": 3,
                 "checkpoint_every": sizing.checkpoint_every,
                 "resume_from": "none",
                 "validation_prompt": sizing.sample_prompt,
@@ -537,6 +556,7 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
             "images": images,
             "classes": classes,
             "spec": spec,
+            "settings": settings(),
             "train": train("spec", **changes),
             "save_adapter": {
                 "class_type": "TapTuneSaveAdapter",
@@ -546,11 +566,16 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
             **side_by_side([("base", ["ckpt", 0]), ("adapted", ["train", 0])], prefix),
         }
 
-    compare: dict[str, dict[str, Any]] = {**common, "images": images, "classes": classes}
+    compare: dict[str, dict[str, Any]] = {
+        **common,
+        "images": images,
+        "classes": classes,
+        "settings": settings(validation_every=0, save_every=0),
+    }
     compared: list[tuple[str, list[Any]]] = [("base", ["ckpt", 0])]
     for index, (din, dout) in enumerate(COMPARED_PAIRS):
         compare[f"spec{index}"] = tap_spec(din, dout)
-        compare[f"train{index}"] = train(f"spec{index}", validation_every=0)
+        compare[f"train{index}"] = train(f"spec{index}")
         compared.append((f"{din} -> {dout}", [f"train{index}", 0]))
     compare.update(side_by_side(compared, "taptune/compare_tap_points"))
 
@@ -561,6 +586,7 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
             "inputs": {**images["inputs"], "folder": sizing.captioned_images, "require_captions": True},
         },
         "spec": tap_spec(),
+        "settings": settings(),
         "train": train("spec", prior_loss_weight=0.0, instance_prompt=["images", 1]),
         "save_adapter": {
             "class_type": "TapTuneSaveAdapter",
@@ -576,7 +602,7 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
     return {
         "dreambooth_tap_attn2o_ffni": _renumber(dreambooth(tap_spec(), "taptune/sks_dog_attn2o_ffni")),
         "dreambooth_coft": _renumber(
-            dreambooth(oft_spec, "taptune/sks_dog_coft", learning_rate=sizing.oft_learning_rate)
+            dreambooth(oft_spec, "taptune/sks_dog_coft", learning_rate=learning_rate_choice(sizing.oft_learning_rate))
         ),
         "generate_with_adapter": _renumber(
             {

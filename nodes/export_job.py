@@ -19,7 +19,7 @@ from ..training.run_data import check_data
 from ..training.settings import check_settings
 from ..training.visuals import to_pil
 from .common import CATEGORY_TRAIN, NodeInputError, adapters_output_folder, first_input, node_errors
-from .train import training_inputs, training_settings
+from .train import learning_rate_value, legacy_settings, training_inputs, training_settings
 
 NODE = "TapTuneExportTrainingJob"
 CHECKPOINTS = "checkpoints"
@@ -111,9 +111,19 @@ class TapTuneExportTrainingJob(io.ComfyNode):
             outputs=[
                 io.String.Output(display_name="job_file", tooltip="The job file, relative to ComfyUI's output folder."),
             ],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             is_input_list=True,
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, learning_rate: Any = None) -> bool | str:  # type: ignore[override]
+        # As the trainer's: a choice of the list, or a number (workflows and prompts before 0.4.0).
+        try:
+            learning_rate_value(first_input(learning_rate), NODE)
+        except NodeInputError as exc:
+            return str(exc)
+        return True
 
     @classmethod
     def execute(cls, **inputs: Any) -> io.NodeOutput:
@@ -122,7 +132,8 @@ class TapTuneExportTrainingJob(io.ComfyNode):
         instance = flatten_images(inputs.get("instance_images"))
         classes = flatten_images(inputs.get("class_images")) or None
         with node_errors(NODE, "spec"):
-            settings = training_settings(values, NODE)
+            legacy = legacy_settings(first_input(cls.hidden.prompt), first_input(cls.hidden.unique_id))
+            settings, _extra = training_settings(values, NODE, legacy)
             kind_of_spec(spec)
             # The job holds the rate the run would use, so that it does not depend on the spec's default.
             settings.learning_rate = settings.learning_rate or spec.learning_rate

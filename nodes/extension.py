@@ -16,6 +16,7 @@ from .save_adapter import TapTuneSaveAdapter
 from .specs import spec_nodes
 from .tap_import import TapTuneImportOfficialAdapters
 from .train import TapTuneDreamBoothTrain
+from .training_settings import TapTuneTrainingSettings
 
 __all__ = ["TapTuneExtension", "node_classes", "register_model_folder"]
 
@@ -35,6 +36,7 @@ def node_classes() -> list[type[io.ComfyNode]]:
         TapTuneClassImages,
         TapTuneLoadImageFolder,
         TapTuneDreamBoothTrain,
+        TapTuneTrainingSettings,
         TapTuneSaveAdapter,
         TapTuneImageGrid,
         TapTuneExportTrainingJob,

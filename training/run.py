@@ -31,6 +31,15 @@ def run_dreambooth(
     Raises the pack's training errors (each naming the input at fault) as the trainer does.
     """
     result = DreamBoothTrainer(model, clip, vae, spec, inputs, report, sync).run()
+    return result, trained_adapter(result, model, inputs)
+
+
+def trained_adapter(result: TrainResult, model: Any, inputs: RunInputs) -> TrainedAdapter:
+    """The adapter to save from a finished (or cancelled) run, with the facts its file records.
+
+    Also for callers that drive :class:`DreamBoothTrainer` themselves (the node reaches the
+    adapter set while it trains, for numbered saves).
+    """
     settings = inputs.settings
     info = {
         "trigger_word": result.trigger_word,
@@ -45,4 +54,4 @@ def run_dreambooth(
     }
     if result.cancelled:
         info["cancelled_at_step"] = result.steps_done
-    return result, TrainedAdapter(result.adapter_set, model_architecture(model), info)
+    return TrainedAdapter(result.adapter_set, model_architecture(model), info)

@@ -51,6 +51,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "seed": 0,
     },
     "TapTuneSaveAdapter": {"adapter": "@adapter", "filename_prefix": "contract/adapter"},
+    "TapTuneTrainingSettings": {},  # every input has a default (0.4.0)
     "TapTuneExportTrainingJob": {
         "ckpt_name": "CHECKPOINT",  # the test checkpoint's name, filled in by contract_prompt
         "model": "@model",
@@ -129,6 +130,10 @@ def _consumers(node_id: str, outputs: list[str]) -> dict[str, dict]:
             )
             graph["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": vae}}
             graph[f"preview{index}"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
+        elif kind == "TAPTUNE_TRAINING_SETTINGS":
+            train = dict(_inputs("TapTuneDreamBoothTrain"), settings=[node_id, index])
+            graph["train"] = {"class_type": "TapTuneDreamBoothTrain", "inputs": train}
+            graph["save"] = {"class_type": "TapTuneSaveAdapter", "inputs": _inputs("TapTuneSaveAdapter")}
         elif kind == "TAPTUNE_SPEC":
             train = dict(_inputs("TapTuneDreamBoothTrain"), spec=[node_id, index])
             graph["train"] = {"class_type": "TapTuneDreamBoothTrain", "inputs": train}

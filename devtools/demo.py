@@ -21,6 +21,13 @@ from devtools.workflows import EXAMPLES, POCKET, write_workflows
 
 DEMO = ROOT / ".demo"
 PACK_FOLDER = "ComfyUI-TapTune"
+#: A node-less custom-node folder whose ``example_workflows/`` puts the CPU variants in the Templates browser.
+CPU_TEMPLATES_FOLDER = "TapTune-CPU-examples"
+CPU_TEMPLATES_INIT = (
+    '"""make demo: the TapTune examples on the pocket model, for the Templates browser (no nodes of its own)."""\n'
+    "\n"
+    "NODE_CLASS_MAPPINGS: dict = {}\n"
+)
 
 
 def link_pack(base: Path) -> None:
@@ -57,33 +64,65 @@ def copy_workflows(base: Path) -> list[Path]:
     return write_workflows(folder, POCKET, "TapTune CPU - {stem}.json")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8188")))
-    parser.add_argument("--prepare-only", action="store_true", help="build .demo/ but do not start the server")
-    args = parser.parse_args()
-    import torch
+def cpu_templates(base: Path) -> list[Path]:
+    """The CPU variants, each with its thumbnail, as a template folder ComfyUI lists (Templates browser).
 
-    cpu = not torch.cuda.is_available()
-    prepare_comfy(DEMO, cpu=cpu)
-    link_pack(DEMO)
+    ComfyUI serves the ``example_workflows/`` of every loaded custom-node folder as templates; this
+    folder holds no nodes, only the pocket model's variants under the examples' own names.
+    """
+    folder = base / "custom_nodes" / CPU_TEMPLATES_FOLDER
+    templates = folder / "example_workflows"
+    templates.mkdir(parents=True, exist_ok=True)
+    (folder / "__init__.py").write_text(CPU_TEMPLATES_INIT)
+    written = write_workflows(templates, POCKET)
+    for path in written:
+        thumbnail = EXAMPLES / f"{path.stem}.jpg"
+        if thumbnail.is_file():  # the committed thumbnails are outputs of exactly these graphs
+            shutil.copyfile(thumbnail, path.with_suffix(".jpg"))
+    return written
+
+
+def prepare(base: Path, cpu: bool) -> None:
+    """Everything `make demo` puts in ``base`` before it starts the server (kept between demos)."""
+    prepare_comfy(base, cpu=cpu)
+    link_pack(base)
     print("[demo] preparing the pocket model's demo files (the first time: training two adapters, 1-2 minutes)")
-    demo_inputs(DEMO)
-    copy_workflows(DEMO)
-    command = [
+    demo_inputs(base)
+    copy_workflows(base)
+    cpu_templates(base)
+
+
+def server_command(base: Path, port: int, cpu: bool) -> list[str]:
+    """The command line of the demo's ComfyUI server over ``base`` (what `make demo` runs)."""
+    return [
         sys.executable,
         str(COMFY_DIR / "main.py"),
         "--listen",
         "127.0.0.1",
         "--port",
-        str(args.port),
+        str(port),
         "--base-directory",
-        str(DEMO),
+        str(base),
         "--database-url",
-        f"sqlite:///{DEMO / 'user' / 'comfyui.db'}",
+        f"sqlite:///{base / 'user' / 'comfyui.db'}",
     ] + (["--cpu"] if cpu else [])
-    print(f"[demo] base folder: {DEMO}")
-    print("[demo] in the browser: Workflows sidebar (W) -> 'TapTune CPU - dreambooth_tap_attn2o_ffni' -> Run.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8188")))
+    parser.add_argument("--prepare-only", action="store_true", help="build .demo/ but do not start the server")
+    parser.add_argument("--base", type=Path, default=DEMO, help="the demo's base folder (default .demo/)")
+    args = parser.parse_args()
+    import torch
+
+    cpu = not torch.cuda.is_available()
+    base = args.base.resolve()
+    prepare(base, cpu)
+    command = server_command(base, args.port, cpu)
+    print(f"[demo] base folder: {base}")
+    print(f"[demo] in the browser: Templates -> {CPU_TEMPLATES_FOLDER} -> dreambooth_tap_attn2o_ffni -> Run")
+    print("[demo]   (the same graphs are in the Workflows sidebar (W) as 'TapTune CPU - ...').")
     print("[demo]   It trains the pocket model on a striped star it has never seen ('a sks star', 5 photos in")
     print("[demo]   .demo/input/pocket_striped_star) for 150 steps, then saves a grid: base | adapted, prompt")
     print("[demo]   'a sks star on a yellow background' (a background no photo has). A few minutes on 2 cores.")

@@ -1,67 +1,111 @@
-"""``python -m devtools.thumbnails``: the ``.jpg`` beside each example workflow, drawn by the real front end.
+"""``python -m devtools.thumbnails``: the ``.jpg`` beside each example workflow, an image the example makes.
 
-Starts ComfyUI with this pack on an empty base folder, opens every example in Debian's Chromium
-(Playwright, no browser download), fits the graph to the view and saves a screenshot as the
-thumbnail the Templates browser shows. Run it after changing the examples
-(``python -m devtools.workflows``); ``tests/host/test_examples.py`` checks that each has one.
+The Templates browser shows each example's ``.jpg``; ComfyUI's own templates show an output
+there, so ours do too. Each thumbnail is what the example's CPU variant (the graph ``make demo``
+puts in the Workflows sidebar: the same graph on the pack's pocket model) saves when it runs on
+a real server: the base/adapted grid of the training examples, the tap-pair grid, the sampled
+image of the others. The JPEG's comment records the example and a digest of the prompt that
+made it, so ``tests/host/test_examples.py`` can tell when a thumbnail no longer comes from the
+current graph. Run it after changing the examples (``python -m devtools.workflows``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import tempfile
-import time
+import shutil
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
-from devtools.chromium import CHROMIUM_ARGS, PAGE_READY, chromium, close_dialogs, fit_graph_for_a_picture
 from devtools.comfy_host import ROOT
-from devtools.workflows import EXAMPLES
+from devtools.workflows import EXAMPLES, POCKET, example_prompts
 
 THUMBNAIL_WIDTH = 640
-VIEWPORT = {"width": 1600, "height": 1000}
+#: The base folder of the server that makes them (under .host/, kept between runs).
+BASE = ROOT / ".host" / "thumbnails-base"
+#: The JPEG comment of a thumbnail: ``taptune-thumbnail <stem> <prompt digest>``.
+COMMENT_PREFIX = "taptune-thumbnail"
 
 
-def screenshot_workflow(page, workflow: dict, name: str) -> bytes:
-    """A PNG of ``workflow`` loaded in ``page`` and fitted to the view."""
-    page.evaluate("([wf, name]) => app.loadGraphData(wf, true, true, name)", [workflow, name])
-    time.sleep(1.0)
-    fit_graph_for_a_picture(page)
-    # The canvas only: without the side bar and the tab strip.
-    return page.screenshot(clip={"x": 64, "y": 44, "width": VIEWPORT["width"] - 64, "height": VIEWPORT["height"] - 44})
+def prompt_digest(prompt: dict[str, Any]) -> str:
+    """A short digest of an API prompt (sorted JSON), to tie a thumbnail to the graph that made it."""
+    return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def as_thumbnail(png: bytes) -> bytes:
-    """``png`` scaled to :data:`THUMBNAIL_WIDTH` as a JPEG (what the Templates browser loads)."""
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    height = round(image.height * THUMBNAIL_WIDTH / image.width)
+def thumbnail_comment(stem: str) -> str:
+    """The comment the thumbnail of example ``stem`` carries when it comes from the current CPU variant."""
+    return f"{COMMENT_PREFIX} {stem} {prompt_digest(example_prompts(POCKET)[stem])}"
+
+
+def read_comment(path: Path) -> str:
+    """The JPEG comment of ``path`` ('' when it has none)."""
+    with Image.open(path) as image:
+        comment = image.info.get("comment", b"")
+    return comment.decode("utf-8", "replace") if isinstance(comment, bytes) else str(comment)
+
+
+def as_thumbnail(images: list[Image.Image], comment: str) -> bytes:
+    """``images`` side by side, scaled to :data:`THUMBNAIL_WIDTH` (sharp pixels), as a commented JPEG."""
+    height = max(i.height for i in images)
+    row = Image.new("RGB", (sum(i.width for i in images), height), "white")
+    x = 0
+    for image in images:
+        row.paste(image.convert("RGB"), (x, 0))
+        x += image.width
+    scaled_height = round(row.height * THUMBNAIL_WIDTH / row.width)
+    # Nearest neighbour first (the pocket model's 64x64 pixels stay crisp), then a gentle filter to width.
+    factor = max(1, THUMBNAIL_WIDTH // row.width)
+    row = row.resize((row.width * factor, row.height * factor), Image.NEAREST)
     out = io.BytesIO()
-    image.resize((THUMBNAIL_WIDTH, height), Image.LANCZOS).save(out, "JPEG", quality=82, optimize=True)
+    row.resize((THUMBNAIL_WIDTH, scaled_height), Image.LANCZOS).save(
+        out, "JPEG", quality=88, optimize=True, comment=comment.encode()
+    )
     return out.getvalue()
 
 
+def saved_images(base: Path, prompt: dict[str, Any], outputs: dict[str, Any]) -> list[Image.Image]:
+    """The images the prompt's SaveImage nodes wrote (the example's results; previews such as the loss left out)."""
+    found = []
+    for node_id, output in sorted(outputs.items()):
+        if prompt.get(node_id, {}).get("class_type") != "SaveImage":
+            continue
+        for entry in output.get("images", []):
+            with Image.open(base / entry["type"] / entry["subfolder"] / entry["filename"]) as image:
+                found.append(image.copy())
+    return found
+
+
 def main() -> None:
-    from playwright.sync_api import sync_playwright
+    from devtools.comfy_host import import_pack, prepare_comfy
+    from devtools.demo_files import write_pocket_demo_files
+    from tests.host.live_server import post_prompt, running_server, wait_for
 
-    from tests.host.live_server import running_server
-
-    with tempfile.TemporaryDirectory(prefix="taptune-thumbnails-") as tmp:
-        base = Path(tmp)
-        (base / "custom_nodes").mkdir()
-        (base / "custom_nodes" / "ComfyUI-TapTune").symlink_to(ROOT, target_is_directory=True)
-        with running_server(base) as (port, _process), sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_context(viewport=VIEWPORT).new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function(PAGE_READY, timeout=120_000)
-            close_dialogs(page)
-            for path in sorted(EXAMPLES.glob("*.json")):
-                png = screenshot_workflow(page, json.loads(path.read_text()), path.stem)
-                path.with_suffix(".jpg").write_bytes(as_thumbnail(png))
-                print(f"wrote {path.with_suffix('.jpg').relative_to(ROOT)}")
-            browser.close()
+    # Kept between runs, like .demo/: the demo's adapters are trained once; outputs start empty.
+    base = BASE
+    shutil.rmtree(base / "output", ignore_errors=True)
+    (base / "models" / "adapters").mkdir(parents=True, exist_ok=True)
+    pack = base / "custom_nodes" / "ComfyUI-TapTune"
+    if not pack.is_symlink():
+        pack.parent.mkdir(parents=True, exist_ok=True)
+        pack.symlink_to(ROOT, target_is_directory=True)
+    prepare_comfy(base, cpu=True)  # the demo files are made in this process, as `make demo` makes them
+    import_pack()
+    write_pocket_demo_files(base)
+    with running_server(base) as (port, _process):
+        for stem, prompt in example_prompts(POCKET).items():
+            queued = post_prompt(port, prompt)
+            if "prompt_id" not in queued:
+                raise SystemExit(f"{stem}: the server refused the prompt: {queued}")
+            done = wait_for(port, queued["prompt_id"], limit=1800)
+            if done["status"]["status_str"] != "success":
+                raise SystemExit(f"{stem}: {done['status']['messages']}")
+            images = saved_images(base, prompt, done["outputs"])
+            path = EXAMPLES / f"{stem}.jpg"
+            path.write_bytes(as_thumbnail(images, thumbnail_comment(stem)))
+            print(f"wrote {path.relative_to(ROOT)} ({len(images)} image(s))", flush=True)
 
 
 if __name__ == "__main__":

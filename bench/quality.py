@@ -186,6 +186,7 @@ def train_pack(ctx: Context, method: Method, subject: Any, seed: int) -> tuple[A
     from taptune.adapter_core import OFTConfig, OFTSpec, TapConfig, TapGroupSpec, TapSpec
     from taptune.patching.apply import apply_adapter_set
     from taptune.training.run import run_dreambooth
+    from taptune.training.run_inputs import ImageSet, RunInputs
 
     if method.family == "tap":
         spec: Any = TapSpec(groups=(TapGroupSpec(TapConfig(din=method.din, dout=method.dout)),))
@@ -202,11 +203,11 @@ def train_pack(ctx: Context, method: Method, subject: Any, seed: int) -> tuple[A
         ctx.clip,
         ctx.vae,
         spec,
-        photos,
-        prompts,
-        subject.class_prompt(),
-        list(ctx.class_images(subject)),
-        _training_settings(ctx, method, seed),
+        RunInputs(
+            ImageSet(photos, prompts),
+            ImageSet(list(ctx.class_images(subject)), subject.class_prompt()),
+            _training_settings(ctx, method, seed),
+        ),
     )
     return apply_adapter_set(ctx.model, result.adapter_set, 1.0), result.adapter_set.num_parameters()
 

@@ -9,8 +9,8 @@ that adopts the parent's children under their own names (every weight keeps its 
 the adapted layers as ``member.linear(x, weight, bias)``. The wrappers are installed as children
 of a tapped transformer block (``PatchPlan.child_wrappers``), never on their own paths.
 
-Kind-neutral: a member is any module with ``linear(x, weight, bias) -> y``. LoRA uses these;
-``oft/oft_wrappers.py`` holds the same structure for rotations and could share it.
+Kind-neutral: a member is any module with ``linear(x, weight, bias) -> y``; LoRA's layers are
+members, and OFT's rotations through ``oft/oft_wrappers.RotationMember``.
 """
 
 from __future__ import annotations

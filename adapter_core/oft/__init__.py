@@ -11,7 +11,7 @@ from .oft_import import diffusers_to_comfy_path, import_oft
 from .oft_rotation import OFTRotation, RotationMerge
 from .oft_set import OFTAdapterSet
 from .oft_spec import OFT_SPEC_FORM, OFTSpec
-from .oft_wrappers import OFTCrossAttention, OFTFeedForward, split_layer_path
+from .oft_wrappers import RotationMember, rotation_wrappers, split_layer_path
 
 #: One group of an OFT file (a configuration and its layers).
 OFTGroup = AdapterGroup
@@ -31,11 +31,10 @@ __all__ = [
     "OFTAdapterSet",
     "OFTConfig",
     "OFTConfigError",
-    "OFTCrossAttention",
-    "OFTFeedForward",
     "OFTGroup",
     "OFTRotation",
     "OFTSpec",
+    "RotationMember",
     "RotationMerge",
     "cayley",
     "cayley_neumann",
@@ -44,5 +43,6 @@ __all__ = [
     "import_oft",
     "neumann_error_bound",
     "oft_targets",
+    "rotation_wrappers",
     "split_layer_path",
 ]

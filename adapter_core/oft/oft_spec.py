@@ -6,13 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torch import nn
-
 from ..errors import TapTuneError
 from ..json_values import int_field, optional_int_field
 from ..kind import Phase
 from ..model_view import ModelView
-from ..patch_plan import ChildWrapper, HostOps, PatchPlan
+from ..patch_plan import PatchPlan
 from ..spec_form import SpecField, SpecForm
 from ..spec_json import (
     as_config_error,
@@ -24,9 +22,8 @@ from ..spec_json import (
 )
 from .cayley import MAX_NEUMANN_TERMS
 from .oft_config import MAX_BLOCKS, TARGET_PRESETS, OFTConfig, OFTConfigError, oft_targets
-from .oft_rotation import OFTRotation
 from .oft_set import OFTAdapterSet
-from .oft_wrappers import rotated_module, split_layer_path
+from .oft_wrappers import rotation_wrappers, split_layer_path
 
 #: The OFT paper's DreamBooth learning rate (specification §2.4).
 PAPER_LEARNING_RATE = 6e-5
@@ -70,20 +67,7 @@ class OFTSpec:
 
     def training_plan(self, adapter_set: OFTAdapterSet, view: ModelView) -> PatchPlan:
         """Each block's ``attn1``/``attn2``/``ff`` replaced by a wrapper computing through the rotations."""
-        grouped: dict[str, dict[str, dict[str, OFTRotation]]] = {}
-        for path, rotation in adapter_set.rotations.items():
-            block, module, layer = split_layer_path(path)
-            grouped.setdefault(block, {}).setdefault(module, {})[layer] = rotation
-        plan = PatchPlan()
-        for block, modules in grouped.items():
-            plan.child_wrappers[block] = {name: self._wrapper(name, rotations) for name, rotations in modules.items()}
-        return plan
-
-    def _wrapper(self, name: str, rotations: dict[str, OFTRotation]) -> ChildWrapper:
-        def wrap(child: nn.Module, host: HostOps) -> nn.Module:
-            return rotated_module(name, child, rotations, host, self.neumann_terms)
-
-        return wrap
+        return PatchPlan(child_wrappers=rotation_wrappers(adapter_set.rotations, self.neumann_terms))
 
     def after_step(self, adapter_set: OFTAdapterSet, phase: Phase) -> None:
         """COFT: project ``P`` back into its radius after every step, without gradient (the paper's projection).

@@ -128,6 +128,12 @@ ADVICE: dict[str, tuple[str, str]] = {
         "r must divide every targeted layer's width (4 fits SD 1.x/2.x/SDXL attention layers); eps must be "
         "positive (COFT); block_size, when set, must divide the width.",
     ),
+    "LoRAConfigError": (
+        "A LoRA setting that does not fit",
+        "rank must be a whole number from 1 up (8-32 is usual); alpha a finite number (the change is scaled by "
+        "alpha / rank; alpha = rank keeps the scale 1); targets is attention, attention_ff or all_linear, or a list "
+        "of linear-layer paths inside transformer blocks, each named once.",
+    ),
     "AdapterFileError": (
         "The file is not a readable adapter",
         "It is damaged, truncated, not a TapTune (`taptune/1`) file, or larger than the limits that protect "

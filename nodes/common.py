@@ -73,9 +73,11 @@ def adapter_names() -> list[str]:
     """Adapter files under every registered ``adapters`` folder (subfolders included); never raises."""
     try:
         register_model_folder()
-        return folder_paths.get_filename_list(ADAPTER_FOLDER)
+        names = folder_paths.get_filename_list(ADAPTER_FOLDER)
     except OSError:
         return []
+    # Never a file inside a hidden folder: a file being written atomically lives in one until it is whole.
+    return [n for n in names if not any(part.startswith(".") for part in n.replace("\\", "/").split("/")[:-1])]
 
 
 def adapter_path(node: str, input_name: str, name: str) -> Path:

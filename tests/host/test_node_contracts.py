@@ -27,6 +27,7 @@ CONTRACT: dict[str, dict[str, object]] = {
     "TapTuneAdapterInfo": {"adapter_name": DEMO_TAP},
     "TapTuneTapSpec": {"din": "attn2o", "dout": "ffni", "mid_dim": 4, "method": "relu", "scale": 1.0},
     "TapTuneOFTSpec": {"r": 4, "eps": 6e-5, "coft": True, "block_share": False},
+    "TapTuneLoRASpec": {"rank": 2, "alpha": 2.0, "targets": "attention", "init": "kaiming", "learning_rate": 1e-4},
     "TapTuneClassImages": {
         "model": "@model",
         "clip": "@clip",

@@ -174,7 +174,7 @@ def test_numbered_paths(tmp_path):
     "header,tensors,message",
     [
         ({"format": "taptune/9", "kind": "tap", "adapters": [{}]}, {}, "format 'taptune/9' is not supported"),
-        ({"format": "taptune/1", "kind": "lora", "adapters": [{}]}, {}, "unknown adapter kind 'lora'"),
+        ({"format": "taptune/1", "kind": "boft", "adapters": [{}]}, {}, "unknown adapter kind 'boft'"),
         ({"format": "taptune/1", "kind": "tap", "adapters": []}, {}, "'adapters' must be a non-empty list"),
         (
             {

@@ -12,7 +12,7 @@ from comfy_api.v0_0_2 import io
 
 from ..training.class_image_cache import ClassImageSettings, generate_class_images
 from ..training.images import check_image_budget
-from .common import CATEGORY_TRAIN, NodeInputError, bounded_integer, bounded_number, choice, node_errors
+from .common import CATEGORY_TRAIN, NodeInputError, bounded_integer, bounded_number, choice, hidden_input, node_errors
 
 NODE = "TapTuneClassImages"
 
@@ -111,7 +111,7 @@ class TapTuneClassImages(io.ComfyNode):
             )
             # The images come out as one float32 batch: count x width x height within one set's budget.
             check_image_budget(settings.count, settings.count * size[0] * size[1], "count")
-        bar = comfy.utils.ProgressBar(settings.count, node_id=cls.hidden.unique_id)
+        bar = comfy.utils.ProgressBar(settings.count, node_id=hidden_input(cls, "unique_id"))
 
         def progress(done: int, total: int, preview: Any) -> None:
             bar.update_absolute(done, total, ("JPEG", preview, 512) if preview is not None else None)

@@ -156,3 +156,13 @@ def first_input(value: Any, default: Any = None) -> Any:
     if isinstance(value, list):
         return value[0] if value else default
     return default if value is None else value
+
+
+def hidden_input(node: type, name: str) -> Any:
+    """A hidden input (``unique_id``, ``prompt``) of the running node, or ``None`` when it runs outside ComfyUI's executor.
+
+    ComfyUI sets ``cls.hidden`` only while its executor runs the node; code that calls ``execute``
+    directly (headless tools, tests) gets ``None`` rather than an AttributeError.
+    """
+    hidden = getattr(node, "hidden", None)
+    return first_input(getattr(hidden, name, None)) if hidden is not None else None

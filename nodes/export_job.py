@@ -18,7 +18,7 @@ from ..training.job_file import JOB_FILE, job_text, job_to_json
 from ..training.run_data import check_data
 from ..training.settings import check_settings
 from ..training.visuals import to_pil
-from .common import CATEGORY_TRAIN, NodeInputError, adapters_output_folder, first_input, node_errors
+from .common import CATEGORY_TRAIN, NodeInputError, adapters_output_folder, first_input, hidden_input, node_errors
 from .train import learning_rate_value, legacy_settings, training_inputs, training_settings
 
 NODE = "TapTuneExportTrainingJob"
@@ -132,7 +132,7 @@ class TapTuneExportTrainingJob(io.ComfyNode):
         instance = flatten_images(inputs.get("instance_images"))
         classes = flatten_images(inputs.get("class_images")) or None
         with node_errors(NODE, "spec"):
-            legacy = legacy_settings(first_input(cls.hidden.prompt), first_input(cls.hidden.unique_id))
+            legacy = legacy_settings(hidden_input(cls, "prompt"), hidden_input(cls, "unique_id"))
             settings, _extra = training_settings(values, NODE, legacy)
             kind_of_spec(spec)
             # The job holds the rate the run would use, so that it does not depend on the spec's default.

@@ -38,6 +38,7 @@ from .common import (
     bounded_integer,
     bounded_number,
     first_input,
+    hidden_input,
     node_errors,
 )
 from .step_adapters import StepAdapters
@@ -265,9 +266,9 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
     def execute(cls, **inputs: Any) -> io.NodeOutput:
         values = {k: first_input(v) for k, v in inputs.items() if k not in ("instance_images", "class_images")}
         model, clip, vae, spec = (values.get(k) for k in ("model", "clip", "vae", "spec"))
-        node_id = first_input(cls.hidden.unique_id)
+        node_id = hidden_input(cls, "unique_id")
         with node_errors(NODE, "spec"):
-            settings, extra = training_settings(values, NODE, legacy_settings(first_input(cls.hidden.prompt), node_id))
+            settings, extra = training_settings(values, NODE, legacy_settings(hidden_input(cls, "prompt"), node_id))
             kind_of_spec(spec)
         instance_prompt = values.get("instance_prompt", "")
         if settings.validation_every and not settings.validation_prompt.strip():

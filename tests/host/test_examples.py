@@ -7,6 +7,7 @@ small (the demo's files, tiny images, a few steps) before it queues them.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from devtools.demo_files import (
     write_demo_files,
     write_pocket_demo_files,
 )
+from devtools.thumbnails import read_comment, thumbnail_comment
 from devtools.workflows import (
     CPU,
     EXAMPLES,
@@ -75,6 +77,10 @@ def test_each_example_has_a_thumbnail_and_a_note():
         thumbnail = path.with_suffix(".jpg")
         assert thumbnail.is_file(), f"{path.name} has no {thumbnail.name}: run python -m devtools.thumbnails"
         assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff", f"{thumbnail.name} is not a JPEG"
+        # An image the example's CPU variant saved, from the graph as it is now (not a picture of the wiring).
+        assert read_comment(thumbnail) == thumbnail_comment(path.stem), (
+            f"{thumbnail.name} does not come from the current graph: run python -m devtools.thumbnails"
+        )
         notes = [n for n in json.loads(path.read_text())["nodes"] if n["type"] == "Note"]
         assert len(notes) == 1 and "Change:" in notes[0]["widgets_values"][0], path.name
 
@@ -152,7 +158,9 @@ def _run_and_check(port, base, prompt):
     assert images and all((base / image["type"] / image["subfolder"] / image["filename"]).is_file() for image in images)
     saves = [node for node in prompt.values() if node["class_type"] == "TapTuneSaveAdapter"]
     written = set((base / "models" / "adapters").rglob("*.safetensors")) - adapters_before
-    assert len(written) == len(saves), written
+    # Numbered step adapters (save_every) go to taptune/steps/; each Save Adapter node wrote one file besides.
+    steps = {path for path in written if "steps" in path.parent.parts}
+    assert len(written - steps) == len(saves), written
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +179,25 @@ def test_the_demo_variant_runs_on_the_pocket_model(example_server, pocket_demo_f
     prompt = ui_to_api(example_workflows(POCKET)[stem])
     assert prompt == example_prompts(POCKET)[stem]  # what the Workflows sidebar holds round-trips
     _run_and_check(port, base, cpu_sized(prompt))
+
+
+#: A training workflow saved by each release before the trainer moved its less-used inputs to
+#: TapTune Training Settings (0.4.0): they load with the widget values the trainer still has, in
+#: their saved positions, and run with the settings' defaults for the rest (docs/decisions.md).
+FROZEN_TRAINING = {
+    "0.1.0": "train_dreambooth_tap.json",
+    "0.2.0": "dreambooth_tap_attn2o_ffni.json",
+}
+
+
+@pytest.mark.parametrize("version", sorted(FROZEN_TRAINING))
+def test_a_frozen_training_workflow_still_runs(example_server, sd15_checkpoint_name, version):
+    port, base = example_server
+    frozen = Path(__file__).parent / "frozen_workflows" / version / FROZEN_TRAINING[version]
+    prompt = cpu_sized(resized(ui_to_api(json.loads(frozen.read_text())), GPU, CPU))
+    for node in prompt.values():
+        if node["inputs"].get("ckpt_name") == CPU.checkpoint:
+            node["inputs"]["ckpt_name"] = sd15_checkpoint_name
+    trainer = next(node for node in prompt.values() if node["class_type"] == "TapTuneDreamBoothTrain")
+    assert trainer["inputs"]["learning_rate"] == 0.0  # saved as a number: the spec's rate, still accepted
+    _run_and_check(port, base, prompt)

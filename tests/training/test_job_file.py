@@ -92,7 +92,7 @@ def test_a_job_reads_back_with_paths_from_its_own_folder(tmp_path):
         ({"spec": {"kind": "oft", "config": {"r": 4}, "magnitude_steps": True}}, "spec"),
         ({"settings__steps": "400"}, "steps"),
         ({"settings__gradient_checkpointing": 1}, "gradient_checkpointing"),
-        ({"settings__speed": 11}, "speed"),
+        ({"settings__speed": 11}, "settings"),
         ({"instance": None}, "instance"),
         ({"instance__folder": ""}, "instance"),
         ({"output": {"adapter": 5}}, "output"),

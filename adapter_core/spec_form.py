@@ -17,6 +17,11 @@ from typing import Any, Literal
 FieldType = Literal["int", "float", "bool", "combo", "text", "spec"]
 
 
+def path_lines(text: str) -> tuple[str, ...]:
+    """The module paths typed into a ``text`` field: one per line or comma-separated, blanks dropped."""
+    return tuple(line.strip() for line in text.replace(",", "\n").splitlines() if line.strip())
+
+
 @dataclass(frozen=True)
 class SpecField:
     """One input of a spec node."""

@@ -273,10 +273,6 @@ class TapTuneDreamBoothTrain(io.ComfyNode):
         instance_prompt = values.get("instance_prompt", "")
         if settings.validation_every and not settings.validation_prompt.strip():
             settings.validation_prompt = str(instance_prompt).strip().splitlines()[0] if instance_prompt else ""
-        # Cancel always leaves a resumable checkpoint: the trainer writes one on cancel when checkpoint_every is
-        # set, so "0" (none on the way) reaches it as a period longer than the run.
-        if not settings.checkpoint_every:
-            settings.checkpoint_every = settings.steps + 1
         bar = comfy.utils.ProgressBar(settings.steps, node_id=node_id)
         run_inputs = RunInputs(
             ImageSet(flatten_images(inputs.get("instance_images")), instance_prompt),

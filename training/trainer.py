@@ -9,8 +9,9 @@ through the adapters) comes from the spec.
 
 Nothing of the run stays in the model: the training clone is unloaded in ``finally`` (which
 removes its patches) and the base weights' ``requires_grad`` flags are put back. Cancel
-(ComfyUI's interrupt) ends the run after the last completed step, whose adapter is returned.
-A checkpoint that cannot be written stops the run with :class:`CheckpointWriteError`.
+(ComfyUI's interrupt) ends the run after the last completed step, whose adapter is returned;
+a run with a checkpoint folder also writes that step's checkpoint, so a cancelled run can resume
+(whatever ``checkpoint_every`` says about checkpoints on the way). A checkpoint that cannot be written stops the run with :class:`CheckpointWriteError`.
 
 The same trainer runs inside ComfyUI's executor (``TapTuneDreamBoothTrain``), headless and
 data-parallel (``headless/``): a :class:`~.sync.GradientSync` says which rows of each global
@@ -201,7 +202,7 @@ class DreamBoothTrainer:
                 data.samplers[name].restore(queue)
         log.info("TapTune: training cancelled after %d completed steps; keeping that adapter", step)
         already_saved = bool(self.checkpoints) and self.checkpoints[-1].endswith(f"{step:06d}.ckpt")
-        if self.settings.checkpoint_every and step and optimisation is not None and not already_saved:
+        if self.settings.checkpoint_dir and step and optimisation is not None and not already_saved:
             self._checkpoint(data, step, losses, optimisation)
 
     def _data_order(self, data: RunData, step: int) -> RunState:

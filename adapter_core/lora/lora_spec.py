@@ -17,7 +17,7 @@ from ..kind import Phase
 from ..linear_wrappers import child_wrapper_factory, group_by_block
 from ..model_view import ModelView
 from ..patch_plan import PatchPlan
-from ..spec_form import SpecField, SpecForm
+from ..spec_form import SpecField, SpecForm, path_lines
 from ..spec_json import as_config_error, check_kind_field, learning_rate_field, object_field, spec_to_json
 from .lora_config import INIT_MODES, MAX_ALPHA, MAX_RANK, TARGET_PRESETS, LoRAConfig, LoRAConfigError, lora_targets
 from .lora_set import MARKER, LoRAAdapterSet
@@ -89,9 +89,7 @@ class LoRASpec:
 
 
 def _build_from_form(values: Mapping[str, Any]) -> LoRASpec:
-    text = str(values.get("target_list") or "").replace(",", "\n")
-    lines = tuple(line.strip() for line in text.splitlines() if line.strip())
-    targets: str | tuple[str, ...] = lines or values["targets"]
+    targets: str | tuple[str, ...] = path_lines(str(values.get("target_list") or "")) or values["targets"]
     config = LoRAConfig(rank=int(values["rank"]), alpha=float(values["alpha"]), targets=targets, init=values["init"])
     return LoRASpec(config, float(values["learning_rate"]))
 

@@ -11,7 +11,7 @@ from ..json_values import int_field, optional_int_field
 from ..kind import Phase
 from ..model_view import ModelView
 from ..patch_plan import PatchPlan
-from ..spec_form import SpecField, SpecForm
+from ..spec_form import SpecField, SpecForm, path_lines
 from ..spec_json import (
     as_config_error,
     check_kind_field,
@@ -99,10 +99,6 @@ class OFTSpec:
             raise as_config_error(exc, where) from None
 
 
-def _paths(text: str) -> tuple[str, ...]:
-    return tuple(line.strip() for line in text.replace(",", "\n").splitlines() if line.strip())
-
-
 def _spec_from_inputs(values: Mapping[str, Any]) -> OFTSpec:
     blocks, size = values["r"], values["block_size"]
     config = OFTConfig(
@@ -114,7 +110,7 @@ def _spec_from_inputs(values: Mapping[str, Any]) -> OFTSpec:
     )
     return OFTSpec(
         config,
-        _paths(values["target_list"]) or values["targets"],
+        path_lines(values["target_list"]) or values["targets"],
         values["neumann_terms"] or None,
         values["magnitude_steps"],
     )

@@ -13,7 +13,7 @@ from ..model_view import ModelView
 from ..patch_plan import PatchPlan
 from ..positions import ALL_POSITIONS
 from ..sites import BLOCK_SELECTIONS
-from ..spec_form import SpecField, SpecForm
+from ..spec_form import SpecField, SpecForm, path_lines
 from ..spec_json import (
     as_config_error,
     check_kind_field,
@@ -100,13 +100,9 @@ class TapSpec:
             raise as_config_error(exc, where) from None
 
 
-def _paths(text: str) -> tuple[str, ...]:
-    return tuple(line.strip() for line in text.replace(",", "\n").splitlines() if line.strip())
-
-
 def _spec_from_inputs(values: Mapping[str, Any]) -> TapSpec:
     config = TapConfig(values["din"], values["dout"], values["mid_dim"], values["method"], values["scale"])
-    group = TapGroupSpec(config, _paths(values["block_list"]) or values["blocks"], values["init"])
+    group = TapGroupSpec(config, path_lines(values["block_list"]) or values["blocks"], values["init"])
     earlier: TapSpec | None = values["spec"]
     return TapSpec((*(earlier.groups if earlier is not None else ()), group))
 

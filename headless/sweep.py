@@ -45,11 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from devtools.comfy_host import ROOT, import_pack
 
 import_pack()
+from taptune.adapter_core.bounded_yaml import YamlBoundsError, load_bounded_yaml  # noqa: E402
 from taptune.adapter_core.errors import TapTuneError  # noqa: E402
 from taptune.adapter_core.safe_read import read_regular_text  # noqa: E402
 from taptune.adapter_core.safe_write import atomic_write, next_number  # noqa: E402
@@ -85,8 +84,6 @@ RAY_OPTIONS: dict[str, tuple[float, float]] = {"num_gpus": (0, 1024), "num_cpus"
 #: Where the sweep records the digests of the tables it wrote (so that it replaces only its own).
 TABLE_RECORD = ".taptune-sweep-tables.json"
 TABLES = ("results.csv", "results.md")
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class PlanError(TapTuneError):
@@ -168,29 +165,6 @@ def _mapping(value: Any, where: str, *, optional: bool = True) -> dict[str, Any]
     return value
 
 
-def _scan(text: str, name: str) -> None:
-    """Refuse aliases, deep nesting and too many values from the YAML events, before anything is built."""
-    depth = values = 0
-    try:
-        for event in yaml.parse(text, Loader=_Loader):
-            if isinstance(event, yaml.AliasEvent):
-                raise PlanError(
-                    f"{name}: YAML aliases (*{str(event.anchor)[:40]}) are not allowed in a plan; write the values out"
-                )
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                depth += 1
-                if depth > MAX_PLAN_DEPTH:
-                    raise PlanError(f"{name} nests deeper than {MAX_PLAN_DEPTH} levels; a plan nests about six")
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
-            if isinstance(event, (yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                values += 1
-                if values > MAX_PLAN_VALUES:
-                    raise PlanError(f"{name} holds more than {MAX_PLAN_VALUES:,} values; is this the plan meant?")
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{name} is not valid YAML ({one_line(str(exc))[:200]}); fix the line it names") from None
-
-
 def _check_plan(plan: Any, name: str) -> dict[str, Any]:
     """The plan's own keys, each of the right type and within bounds (the jobs are checked by expanding)."""
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
@@ -268,17 +242,10 @@ def read_plan(path: str | Path) -> Plan:
         raise PlanError(f"the plan's path cannot be used ({type(exc).__name__}); name a plan file") from None
     try:
         text = read_regular_text(plan_path, MAX_PLAN_BYTES)
-        _scan(text, plan_path.name)
         try:
-            data = yaml.load(text, Loader=_Loader)  # the safe loader (C or Python)
-        except yaml.YAMLError as exc:
-            raise PlanError(
-                f"{plan_path.name} is not valid YAML ({one_line(str(exc))[:200]}); fix the line it names"
-            ) from None
-        except (ValueError, OverflowError, RecursionError) as exc:  # e.g. an integer of 5,000 digits
-            raise PlanError(
-                f"{plan_path.name}: a value cannot be read ({type(exc).__name__}); check the numbers"
-            ) from None
+            data = load_bounded_yaml(text, max_depth=MAX_PLAN_DEPTH, max_values=MAX_PLAN_VALUES, aliases=False)
+        except YamlBoundsError as exc:  # a plan nests about six levels and holds a few hundred values
+            raise PlanError(f"{plan_path.name}: {exc}; fix the plan (see docs/distributed.md)") from None
         return Plan(plan_path, _check_plan(data, plan_path.name))
     except PlanError as exc:
         raise exc.concerning(file=plan_path.name) from None

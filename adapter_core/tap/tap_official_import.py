@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from ..bounded_yaml import YamlBoundsError, load_bounded_yaml
 from ..errors import AdapterFileError, ConfigError
 from ..file_format import AdapterFile, check_adapter_file
 from ..foreign_files import read_text_file, read_weights_file
@@ -44,10 +44,10 @@ MAX_ADAPTER_FILES = 512
 MAX_FOLDER_ENTRIES = 20_000
 #: Nodes of a YAML document walked while looking for the adapter configuration.
 MAX_YAML_NODES = 100_000
-#: Largest official YAML read. The official configs are a few KiB; PyYAML's safe loader (pure
-#: Python: a C loader would recurse in C on deep nesting) parses about 100 KiB a second, so this
-#: keeps a hostile config well under a second.
+#: Largest official YAML read; the official configs are a few KiB.
 MAX_YAML_BYTES = 32 * 2**10
+#: Deepest nesting of an official YAML read (an LDM config nests about eight levels).
+MAX_YAML_DEPTH = 64
 
 
 def _find_adapter_config(tree: Any) -> Mapping[str, Any] | None:
@@ -94,9 +94,9 @@ def read_official_config(yaml_path: str | os.PathLike[str]) -> tuple[TapConfig |
     name = Path(yaml_path).name
     text = read_text_file(yaml_path, MAX_YAML_BYTES)
     try:
-        tree = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise AdapterFileError(f"not valid YAML: {str(exc)[:200]}", file=name) from None
+        tree = load_bounded_yaml(text, max_depth=MAX_YAML_DEPTH, max_values=MAX_YAML_NODES, aliases=True)
+    except YamlBoundsError as exc:
+        raise AdapterFileError(f"{exc}; not an official config", file=name) from None
     found = _find_adapter_config(tree)
     if found is None:
         raise AdapterFileError("no adapter_config (transformer_adp_config / resblock_adp_config)", file=name)

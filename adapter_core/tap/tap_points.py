@@ -88,6 +88,22 @@ def validate_pair(din: str, dout: str) -> None:
             f"{_allowed(RESBLOCK_DOUT)} (ResBlocks)",
             input_name="dout",
         )
+    try:
+        _check_order(din, dout)
+    except TapConfigError as exc:
+        raise TapConfigError(f"{exc.message}. {valid_pairs_text(din)}", input_name=exc.input_name) from None
+
+
+def valid_pairs_text(din: str | None = None) -> str:
+    """The valid pairs, those reading ``din`` first when it is a tap point, for messages that must say what to pick."""
+    every = ", ".join(f"{a}->{b}" for a, b in PAPER_PAIRS)
+    from_din = [f"{a}->{b}" for a, b in PAPER_PAIRS if a == din]
+    first = f"Valid pairs reading {din}: {', '.join(from_din)}. " if from_din else ""
+    return f"{first}All 20 valid pairs: {every}"
+
+
+def _check_order(din: str, dout: str) -> None:
+    """The rules between two known tap points (block kind, dout positions, attn2c, order)."""
     if din in RESBLOCK_ORDER or dout in RESBLOCK_ORDER:
         if not (din in RESBLOCK_ORDER and dout in RESBLOCK_ORDER):
             raise TapConfigError(

@@ -62,6 +62,24 @@ def test_invalid_pairs_say_what_is_wrong_and_what_is_allowed(din, dout, message)
     assert message in str(caught.value)
 
 
+def test_every_refused_pair_of_known_points_lists_the_valid_pairs():
+    """Issue 20 §2: a refused pair's message lists the 20 valid pairs, those reading its din first."""
+    refused = 0
+    for din in ALL_POSITIONS:
+        for dout in ALL_POSITIONS:
+            if (din, dout) in PAPER_PAIRS:
+                continue
+            with pytest.raises(TapConfigError) as caught:
+                validate_pair(din, dout)
+            text = str(caught.value)
+            assert all(f"{a}->{b}" in text for a, b in PAPER_PAIRS), text
+            reading = [f"{a}->{b}" for a, b in PAPER_PAIRS if a == din]
+            if reading:
+                assert f"Valid pairs reading {din}: {', '.join(reading)}." in text
+            refused += 1
+    assert refused == len(ALL_POSITIONS) ** 2 - 20
+
+
 def test_config_validation():
     assert TapConfig("attn2o", "ffni", method="default").method == "relu"
     with pytest.raises(TapConfigError, match="unknown method 'gelu'"):

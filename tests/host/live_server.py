@@ -74,8 +74,10 @@ def server_base(base: Path, checkpoint: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_server(base: Path, comfy_dir: Path = COMFY_DIR) -> Iterator[tuple[int, subprocess.Popen]]:
-    """``comfy_dir``'s ``main.py`` on the CPU over ``base``; yields ``(port, process)`` once it answers."""
+def running_server(
+    base: Path, comfy_dir: Path = COMFY_DIR, env: dict[str, str] | None = None
+) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``comfy_dir``'s ``main.py`` on the CPU over ``base`` (``env`` added to the environment); yields ``(port, process)`` once it answers."""
     port = free_port()
     log_path = base / "server.log"
     with open(log_path, "w") as log:
@@ -95,7 +97,7 @@ def running_server(base: Path, comfy_dir: Path = COMFY_DIR) -> Iterator[tuple[in
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         try:
             deadline = time.time() + 180

@@ -17,6 +17,8 @@ difference over all singular values, so these errors are an upper end: a trained
 differences are more compressible.
 
     python -m bench.oft_export_rank [--ranks 4 8 16 32 64 0]
+    python -m bench.oft_export_rank --pocket-adapter .demo/models/adapters/taptune/pocket_striped_star_coft.safetensors \\
+        --size 8 --ranks 1 2 4 8 16 0
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +53,12 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 0])
     parser.add_argument("--size", type=int, default=64, help="latent side of the UNet output compared")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pocket-adapter",
+        default=None,
+        help="a trained OFT file of the pocket model (make demo trains pocket_striped_star_coft.safetensors): "
+        "measure that adapter on the pocket model instead of a random one on SD 1.5",
+    )
     args = parser.parse_args()
     setup_host()
     import comfy.model_management
@@ -61,14 +70,23 @@ def main() -> None:
     from taptune.patching.model_access import model_view
     from taptune.patching.weight_export import kohya_names, lora_differences, lora_low_rank, original_weight_of
 
-    base = build_model_patcher("SD15", SD15_FULL, seed=args.seed)
-    layers = oft_targets(model_view(base), "attention")
-    adapter_set = coft_ball_adapter(layers, args.seed + 1)
+    if args.pocket_adapter:
+        from taptune.adapter_core.registry import load_adapter_set
+        from taptune.patching.pocket_model import load_pocket_model
+
+        base = load_pocket_model()[0]
+        adapter_set = load_adapter_set(args.pocket_adapter, model_view(base))[1]
+        layers = dict.fromkeys(adapter_set.members)
+    else:
+        base = build_model_patcher("SD15", SD15_FULL, seed=args.seed)
+        layers = oft_targets(model_view(base), "attention")
+        adapter_set = coft_ball_adapter(layers, args.seed + 1)
+    context = base.model.model_config.unet_config["context_dim"]
 
     g = torch.Generator().manual_seed(args.seed + 2)
     x = torch.randn(2, 4, args.size, args.size, generator=g)
     sigma = torch.tensor([1.5, 7.0])
-    ctx = torch.randn(2, 77, 768, generator=g)
+    ctx = torch.randn(2, 77, context, generator=g)
 
     @torch.no_grad()
     def output(model: Any) -> torch.Tensor:
@@ -121,7 +139,10 @@ def main() -> None:
         )
         print(rows[-1])
     results = {
-        "setup": "SD 1.5 UNet (random weights), OFT r=4 COFT eps 6e-5 on the 128 attention projections, "
+        "setup": f"the pocket model with the trained OFT file {Path(args.pocket_adapter).name}; UNet output at "
+        f"{args.size}x{args.size} latents, batch 2"
+        if args.pocket_adapter
+        else "SD 1.5 UNet (random weights), OFT r=4 COFT eps 6e-5 on the 128 attention projections, "
         "every generator block at its COFT radius (random direction); UNet output at "
         f"{args.size}x{args.size} latents, batch 2, through comfy.sd.load_lora_for_models (fp16 tensors)",
         "difference_norm_over_weight_norm": total / weight_norm,
@@ -129,7 +150,7 @@ def main() -> None:
         "rows": rows,
         "settings": vars(args),
     }
-    path = write_result("oft_export_rank", results)
+    path = write_result("oft_export_rank_pocket" if args.pocket_adapter else "oft_export_rank", results)
     print(f"wrote {path}")
 
 

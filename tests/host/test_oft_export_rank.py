@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 import nodes as comfy_nodes
 from taptune.nodes.oft_interchange import TapTuneExportOFTAsLoRA
 
+from .unet_io import fixed_inputs, relative_error, unet_output
+
 
 def attention_projections(unet):
     """(path, in, out) of every attention projection, found without the pack's code."""
@@ -102,3 +104,42 @@ def test_rank_r_file_is_the_truncated_svd_in_kohya_names_that_the_stock_loader_m
     # Every tensor is consumed by the stock loader (nothing left as "lora key not loaded").
     patches = comfy.lora.load_lora(lowrank, key_map, log_missing=False)
     assert len(patches) == len(layers)
+
+
+def test_the_stock_loader_applies_the_rank_r_export_as_the_truncated_svd(oft_on_sd15):
+    """``LoraLoaderModelOnly`` on a rank-r file = the base with ``W + SVD_r(diff)`` set directly;
+    the error against the OFT model falls with the rank, and a full-rank file is the ``.diff`` file."""
+    model, layers, loras = oft_on_sd15
+    # The base weights, copied while the base itself is loaded: loading a patched clone patches
+    # the shared module in place, so reading them later would read the last clone's weights.
+    comfy.model_management.load_models_gpu([model])
+    state = model.model.state_dict()
+    originals = {
+        f"diffusion_model.{layer}.weight": state[f"diffusion_model.{layer}.weight"].detach().double().clone()
+        for layer, _, _ in layers
+    }
+    x, sigma, ctx, _ = fixed_inputs(768, seed=4, size=16)
+    diffs = load_file(str(loras / export(model, 0, "test/full_ref")))
+    base = unet_output(model, x, sigma, ctx)
+    oft = unet_output(stock(model, export(model, 0, "test/full_ref2")), x, sigma, ctx)
+    effect = float((oft - base).norm())
+    assert effect / float(base.norm()) > 1e-3
+
+    errors = {}
+    for rank in (4, 32):
+        got = unet_output(stock(model, export(model, rank, f"test/rank{rank}")), x, sigma, ctx)
+        patches = {}
+        for layer, _, _ in layers:
+            key = f"diffusion_model.{layer}.weight"
+            U, s, Vh = torch.linalg.svd(diffs[f"diffusion_model.{layer}.diff"].double(), full_matrices=False)
+            approx = (U[:, :rank] * s[:rank]) @ Vh[:rank]
+            patches[key] = ("set", ((originals[key] + approx).float(),))
+        expected_model = model.clone()
+        expected_model.add_patches(patches, 1.0)
+        expected = unet_output(expected_model, x, sigma, ctx)
+        assert relative_error(got, expected) < 1e-5
+        errors[rank] = float((got - oft).norm()) / effect
+    assert errors[32] < errors[4] < 1.0
+
+    full = unet_output(stock(model, export(model, 768, "test/rank_full")), x, sigma, ctx)
+    assert float((full - oft).norm()) / effect < 1e-4

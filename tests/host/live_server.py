@@ -73,6 +73,19 @@ def server_base(base: Path, checkpoint: Path) -> Path:
     return base
 
 
+def wait_until_serving(port: int, process: subprocess.Popen, log_path: Path, seconds: float) -> None:
+    """Return once the server on ``port`` answers; fail with its log's tail if it exits or ``seconds`` pass."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            call(port, "/system_stats", timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                raise AssertionError("server did not start:\n" + log_path.read_text()[-3000:]) from None
+            time.sleep(1)
+
+
 @contextlib.contextmanager
 def running_server(
     base: Path, comfy_dir: Path = COMFY_DIR, env: dict[str, str] | None = None
@@ -100,15 +113,7 @@ def running_server(
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         try:
-            deadline = time.time() + 180
-            while True:
-                try:
-                    call(port, "/system_stats", timeout=2)
-                    break
-                except OSError:
-                    if process.poll() is not None or time.time() > deadline:
-                        raise AssertionError("server did not start:\n" + log_path.read_text()[-3000:]) from None
-                    time.sleep(1)
+            wait_until_serving(port, process, log_path, 180)
             yield port, process
         finally:
             process.terminate()

@@ -30,7 +30,7 @@ from devtools.chromium import CHROMIUM_ARGS, PAGE_READY, chromium, close_dialogs
 from devtools.comfy_host import ROOT
 from devtools.demo import CPU_TEMPLATES_FOLDER
 
-from .live_server import call, free_port
+from .live_server import call, free_port, wait_until_serving
 
 BASE = ROOT / ".host" / "newcomer-demo"
 ARTIFACTS = ROOT / ".host" / "artifacts"
@@ -66,15 +66,7 @@ def demo_server():
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
-            deadline = time.time() + 900  # the first time, the demo trains its two adapters
-            while True:
-                try:
-                    call(port, "/system_stats", timeout=2)
-                    break
-                except OSError:
-                    if process.poll() is not None or time.time() > deadline:
-                        raise AssertionError("the demo did not start:\n" + log_path.read_text()[-3000:]) from None
-                    time.sleep(1)
+            wait_until_serving(port, process, log_path, 900)  # the first time, the demo trains its two adapters
             yield port
         finally:
             process.terminate()

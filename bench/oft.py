@@ -19,7 +19,11 @@
    ``||S||_2`` for 1..8 terms, its bound, and the fp32 rounding of the exact transform (the
    tolerance of the automatic choice); a figure in ``bench/results/oft_neumann_error.svg``.
 
-    python -m bench.oft [--rounds 3] [--size 64 --skip-sampling]
+    python -m bench.oft [--rounds 3] [--size 64 --skip-sampling] [--pair]
+
+``--pair`` times only OFT r=4 COFT and the LoRA kind in the whole UNet step (no layer-level
+timing, no PEFT-form or naive variants, no sampling): at 512 px a round of all four variants
+takes minutes, and the pair is the comparison issue 19 asks for.
 """
 
 from __future__ import annotations
@@ -256,7 +260,10 @@ def main() -> None:
     parser.add_argument("--sample-size", type=int, default=64, help="latent side for the sampling step")
     parser.add_argument("--skip-unet", action="store_true", help="only the layer-level and parameter measurements")
     parser.add_argument("--skip-sampling", action="store_true", help="no sampling-step measurement")
+    parser.add_argument("--pair", action="store_true", help="only OFT and the LoRA kind, whole UNet step")
     args = parser.parse_args()
+    if args.pair:
+        args.skip_sampling = True
     setup_host()
     import comfy.sample
 
@@ -308,11 +315,14 @@ def main() -> None:
         "lora": lambda layer: LoRALinear(layer, rank_by_shape[(layer.in_features, layer.out_features)]),
         "naive_oft": lambda layer: NaiveOFTLinear(layer, 4),
     }
-    layer_times = interleaved(
-        {name: layer_steps(layers, tokens, make) for name, make in makers.items()}, args.rounds + 1
-    )
-    layer_times = {name: t[1:] for name, t in layer_times.items()}  # the first round warms up
-    results["layer_seconds"] = {name: statistics.median(t) for name, t in layer_times.items()}
+    if args.pair:
+        makers = {"oft": make_oft}
+    else:
+        layer_times = interleaved(
+            {name: layer_steps(layers, tokens, make) for name, make in makers.items()}, args.rounds + 1
+        )
+        layer_times = {name: t[1:] for name, t in layer_times.items()}  # the first round warms up
+        results["layer_seconds"] = {name: statistics.median(t) for name, t in layer_times.items()}
 
     if not args.skip_unet:
         steps = {}
@@ -373,18 +383,20 @@ def main() -> None:
     def ratio(table: str, a: str, b: str) -> float:
         return results[table][a] / results[table][b]
 
-    frozen = results["layer_seconds"]["frozen_only"]
-    results["layer_adapter_overhead_seconds"] = {
-        k: v - frozen for k, v in results["layer_seconds"].items() if k != "frozen_only"
-    }
-    results["ratios"] = {
-        "layers_oft_over_lora": paired_ratio(layer_times, "oft", "lora"),
-        "layers_naive_over_oft": paired_ratio(layer_times, "naive_oft", "oft"),
-        "overhead_naive_over_oft": results["layer_adapter_overhead_seconds"]["naive_oft"]
-        / results["layer_adapter_overhead_seconds"]["oft"],
-        "overhead_oft_over_lora": results["layer_adapter_overhead_seconds"]["oft"]
-        / results["layer_adapter_overhead_seconds"]["lora"],
-    }
+    results["ratios"] = {}
+    if "layer_seconds" in results:
+        frozen = results["layer_seconds"]["frozen_only"]
+        results["layer_adapter_overhead_seconds"] = {
+            k: v - frozen for k, v in results["layer_seconds"].items() if k != "frozen_only"
+        }
+        results["ratios"].update(
+            layers_oft_over_lora=paired_ratio(layer_times, "oft", "lora"),
+            layers_naive_over_oft=paired_ratio(layer_times, "naive_oft", "oft"),
+            overhead_naive_over_oft=results["layer_adapter_overhead_seconds"]["naive_oft"]
+            / results["layer_adapter_overhead_seconds"]["oft"],
+            overhead_oft_over_lora=results["layer_adapter_overhead_seconds"]["oft"]
+            / results["layer_adapter_overhead_seconds"]["lora"],
+        )
     if "unet_step_seconds" in results:
         for other in ("lora", "lora_kind"):
             if other in unet_times:
@@ -392,10 +404,11 @@ def main() -> None:
                 results["ratios"][f"unet_oft_over_{other}_spread"] = {"min": pairs[0], "max": pairs[-1], "all": pairs}
         if "lora_kind" in unet_times:
             results["ratios"]["unet_oft_over_lora_kind"] = paired_ratio(unet_times, "oft", "lora_kind")
-        results["ratios"].update(
-            unet_oft_over_lora=paired_ratio(unet_times, "oft", "lora"),
-            unet_naive_over_oft=paired_ratio(unet_times, "naive_oft", "oft"),
-        )
+        if "lora" in unet_times:
+            results["ratios"].update(
+                unet_oft_over_lora=paired_ratio(unet_times, "oft", "lora"),
+                unet_naive_over_oft=paired_ratio(unet_times, "naive_oft", "oft"),
+            )
         if "sampling_seconds_per_step" in results:
             results["ratios"]["sampling_merged_over_base"] = paired_ratio(sample_times, "merged_oft", "base")
     results["neumann"] = neumann_figures()
@@ -403,7 +416,8 @@ def main() -> None:
     (RESULTS / "oft_neumann_error.svg").write_text(neumann_svg(results["neumann"]) + "\n")
     results["settings"] = vars(args)
     # Another latent size is another table: it must not replace the default run's figures.
-    path = write_result("oft" if args.size == 32 else f"oft_size{args.size}", results)
+    name = "oft" if args.size == 32 else f"oft_size{args.size}"
+    path = write_result(f"{name}_pair" if args.pair else name, results)
     for key, value in results.items():
         if key not in ("settings", "neumann", "unet_step_rounds"):
             print(f"{key}: {value}")

@@ -139,12 +139,13 @@ class OFTRotation(nn.Module):
         bound = self.generator_norm_bound()
         if bound is None:
             return None
-        if self.P.device.type == "cpu":
+        terms = neumann_terms_within(bound * abs(strength))
+        if terms is not None and self.P.device.type == "cpu":
             # Free here (no device sync): a P outside its ball (projection skipped) falls back to exact.
             norms = torch.linalg.matrix_norm(self.blocks.detach().float())
             if float(norms.max()) > self.radius * (1.0 + 1e-6):
                 return None
-        return neumann_terms_within(bound * abs(strength))
+        return terms
 
     def linear(
         self,

@@ -69,6 +69,24 @@ def test_fused_rotation_values_and_gradients_equal_the_dense_math(blocks, shared
     torch.testing.assert_close(got_grads[1], P.grad, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("trainable", ["x", "P"])
+@pytest.mark.parametrize("neumann_terms", [None, 6])
+def test_rotation_gradient_to_one_side_only_equals_the_dense_math(trainable, neumann_terms):
+    # One side frozen: the activations of a text encoder's context (x frozen), or a frozen adapter
+    # passing gradients on (P frozen); the series' path (neumann_terms) uses the plain rotation.
+    k, blocks, n = 50, 3, 7
+    g = torch.Generator().manual_seed(4)
+    P = (torch.randn(blocks, k, k, generator=g, dtype=torch.float64) * 0.002).requires_grad_(trainable == "P")
+    x = torch.randn(n, blocks * k, generator=g, dtype=torch.float64).requires_grad_(trainable == "x")
+    weights = torch.randn(n, blocks * k, generator=g, dtype=torch.float64)
+    (rotate_input_from_raw(x, P, 1.0, neumann_terms) * weights).sum().backward()
+    leaf = x if trainable == "x" else P
+    got, leaf.grad = leaf.grad.clone(), None
+    (dense_rotated_input(x, P, 1.0) * weights).sum().backward()
+    tolerance = 1e-9 if neumann_terms is None else 1e-6
+    torch.testing.assert_close(got, leaf.grad, rtol=tolerance, atol=tolerance)
+
+
 def test_fused_rotation_under_bfloat16_autocast_keeps_fp32_gradients_close():
     rotation = OFTRotation(256, OFTConfig(r=4, coft=False), out_features=64)
     with torch.no_grad():

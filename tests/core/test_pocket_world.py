@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from taptune.pocket import metrics, world
-from taptune.pocket.judge import WEIGHTS_FILE, Judge, label_indices, load_judge, scene_labels
+from taptune.pocket.judge import WEIGHTS_FILE, Judge, judge_info, label_indices, load_judge, scene_labels
 from taptune.pocket.subjects import SUBJECTS, subject
 
 
@@ -113,8 +113,8 @@ def test_judge_reads_real_world_pictures(judge: Judge):
     images, scenes = world.judge_set(424242, 600)  # a seed the judge was not trained on
     readings = judge.read(images)
     truth = [scene_labels(s) for s in scenes]
-    # Measured on 2,000 held-out pictures: shape 1.0, colours 0.99, pattern 0.944 (README).
-    for head, least in (("shape", 0.97), ("colour", 0.97), ("background", 0.97), ("pattern", 0.9)):
+    # Measured on 2,000 held-out pictures: shape 0.999, colours 0.997 and more, pattern 0.987 (docs/pocket_world.md).
+    for head, least in (("shape", 0.97), ("colour", 0.97), ("background", 0.97), ("pattern", 0.96)):
         accuracy = np.mean([r[head] == t[head] for r, t in zip(readings, truth, strict=True)])
         assert accuracy >= least, (head, accuracy)
     rng = np.random.default_rng(0)
@@ -126,6 +126,19 @@ def test_judge_reads_real_world_pictures(judge: Judge):
         "blue",
         "plain",
     )
+
+
+def test_judge_metadata_is_what_it_measures_on_its_held_out_pictures(judge: Judge):
+    # Issue 21: trained on the current world, pattern at least 98 % on held-out pictures, and the
+    # file's metadata true. The held-out set is redrawn from the seed the metadata names.
+    info = judge_info()
+    images, scenes = world.judge_set(int(info["seed"]) * 1000 + 12, 2000)
+    readings = judge.read(images)
+    truth = [scene_labels(s) for s in scenes]
+    for head, recorded in info["accuracy_clean"].items():
+        accuracy = float(np.mean([r[head] == t[head] for r, t in zip(readings, truth, strict=True)]))
+        assert accuracy == pytest.approx(recorded, abs=0.002), (head, accuracy, recorded)
+        assert accuracy >= 0.98, (head, accuracy)
 
 
 def test_judge_reads_the_subjects_patterns_and_embeds_them_apart(judge: Judge):

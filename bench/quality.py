@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -75,6 +76,13 @@ class Method:
     coft: bool = False
     eps: float = 6e-5
     rank: int = 0
+    #: Training steps; 0 means the run's ``--steps`` (the recipe search varies it per method).
+    steps: int = 0
+    prior_loss_weight: float = 1.0
+
+    def steps_in(self, ctx: Context) -> int:
+        """The steps this method trains for in a run of ``ctx``."""
+        return self.steps or ctx.steps
 
 
 def methods() -> list[Method]:
@@ -164,11 +172,11 @@ def _training_settings(ctx: Context, method: Method, seed: int) -> Any:
     from taptune.training.settings import TrainSettings
 
     return TrainSettings(
-        steps=ctx.steps,
+        steps=method.steps_in(ctx),
         learning_rate=method.learning_rate,
         batch_size=1,
         seed=seed,
-        prior_loss_weight=1.0,
+        prior_loss_weight=method.prior_loss_weight,
         resolution=64,
         resize_mode="none",
     )
@@ -231,7 +239,7 @@ def train_lora_node(ctx: Context, method: Method, subject: Any, seed: int) -> tu
         ctx.model,
         latents,
         positive,
-        steps=ctx.steps,
+        steps=method.steps_in(ctx),
         learning_rate=method.learning_rate,
         seed=seed,
         batch_size=2,
@@ -268,7 +276,7 @@ def train_full(ctx: Context, method: Method, subject: Any, seed: int) -> tuple[A
     with torch.inference_mode(False), torch.enable_grad():
         for p in params:
             p.requires_grad_(True)
-        for _ in range(ctx.steps):
+        for _ in range(settings.steps):
             batches = {name: sampler.next(generator) for name, sampler in data.samplers.items()}
             latents = torch.cat([b.latents for b in batches.values()])
             prompts_of_batch = [p for b in batches.values() for p in b.prompts]
@@ -311,6 +319,7 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
     else:
         trained, parameters = TRAINERS[job.method.family](ctx, job.method, subject, job.seed)
     seconds = time.perf_counter() - start
+    steps = 0 if job.method.family == "base" else job.method.steps_in(ctx)
     eval_seed = 1000 + job.seed
     align = set(evaluation_prompts(subject).alignment)
 
@@ -328,10 +337,11 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
         "dout": job.method.dout,
         "subject": job.subject,
         "seed": job.seed,
-        "steps": 0 if job.method.family == "base" else ctx.steps,
+        "steps": steps,
         "learning_rate": job.method.learning_rate,
+        "prior_loss_weight": job.method.prior_loss_weight,
         "trainable_parameters": parameters,
-        "seconds_per_step": seconds / ctx.steps if job.method.family != "base" else 0.0,
+        "seconds_per_step": seconds / steps if steps else 0.0,
         **row,
         "base": scores["base"],
     }
@@ -365,7 +375,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         entry = {"method": name, "jobs": len(mine)}
         for key, _ in COLUMNS:
-            entry[key] = sum(r[key] for r in mine) / len(mine)
+            values = [float(r[key]) for r in mine]
+            entry[key] = statistics.fmean(values)
+            # The standard error of the mean over the jobs (subjects x seeds): what a difference must beat.
+            entry[f"{key}_se"] = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
         entry["trainable_parameters"] = mine[0]["trainable_parameters"]
         entry["seconds_per_step"] = sum(r["seconds_per_step"] for r in mine) / len(mine)
         out.append(entry)
@@ -399,13 +412,17 @@ def table_markdown(summary: list[dict[str, Any]], tests: dict[str, Any], command
     head = "| method | " + " | ".join(title for _, title in COLUMNS) + " | trainable params | s/step |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     for e in summary:
-        cells = [f"{e[key]:.3f}" for key, _ in COLUMNS]
+        cells = [
+            f"{e[key]:.3f}" + (f" ± {e[f'{key}_se']:.3f}" if e.get(f"{key}_se") is not None else "")
+            for key, _ in COLUMNS
+        ]
         params = f"{e['trainable_parameters']:,}" if e["trainable_parameters"] else "0"
         sps = f"{e['seconds_per_step']:.3f}" if e["seconds_per_step"] else "-"
         lines.append(f"| {e['method']} | " + " | ".join(cells) + f" | {params} | {sps} |")
     lines.append("")
     lines.append(
-        f"Means over {meta['subjects']} subjects x {meta['seeds']} seed(s); {meta['steps']} steps, batch 1 instance "
+        f"Means ± standard error over {meta['subjects']} subjects x {meta['seeds']} seed(s) (one job each); "
+        f"{meta['steps']} steps, batch 1 instance "
         f"+ 1 class image, {CLASS_IMAGES} class images; evaluation: {EVAL_BATCH} pictures per prompt "
         f"({ALIGN_BATCH} per alignment background), euler/normal, 20 steps, cfg 5. Command: `{command}`."
     )

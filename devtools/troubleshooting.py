@@ -193,7 +193,9 @@ ADVICE: dict[str, tuple[str, str]] = {
         "The pocket model's weights file is missing or damaged",
         "TapTune Pocket Model loads `pocket/weights/pocket_model.safetensors` from the pack's own folder. "
         "Reinstall the pack (ComfyUI Manager, or `git pull` in `custom_nodes/`), or train the file again on "
-        "a CPU with `python -m devtools.train_pocket` from a clone of the repository (under 30 minutes).",
+        "a CPU from a clone of the repository, in two stages (about an hour on 2 cores): "
+        "`python -m devtools.train_pocket --out first.safetensors`, then `python -m devtools.train_pocket "
+        "--continue-from first.safetensors --steps 2000 --lr 4e-4 --warmup 50` (docs/pocket_world.md).",
     ),
     "TapTuneError": (
         "Other problems",

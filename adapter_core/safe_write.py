@@ -8,7 +8,8 @@
   id: libraries that write through their own temporary next to the file they are given
   (safetensors' ``save_file`` does) leave theirs inside it, not in the user's folder. A writer
   killed mid-write leaves that folder behind, and the next write into the same folder deletes
-  those of processes that no longer run. Only folders that prove to be a writer's are deleted:
+  those of processes that no longer run (on POSIX also those whose process id a new process
+  took: a running writer holds a lock on its marker). Only folders that prove to be a writer's are deleted:
   a folder with the writer's marker file in it (or an empty one). A file, or a folder of the
   user's, whose name merely looks like a temporary folder is never touched.
 * Files get the permissions the umask gives (as any program's new files), not ``0600``, also
@@ -29,6 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ConfigError
+
+try:  # POSIX: a writer holds a lock on its marker while it runs (see _writer_gone)
+    import fcntl
+except ImportError:  # Windows: the process id alone says whether a writer runs
+    fcntl = None  # type: ignore[assignment]
 
 TEMP_SUFFIX = ".taptune-tmp"
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+" + re.escape(TEMP_SUFFIX) + "$")
@@ -51,6 +57,31 @@ def _process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError):
         return True
     return True
+
+
+def _writer_gone(path: str, name: str) -> bool:
+    """Whether the writer of the temporary folder ``path`` has ended although its process id is in use.
+
+    Process ids are reused (32,768 of them by default on Linux, and threads take from the same
+    numbers), so a dead writer's id may belong to a new process or thread by the time the next
+    write cleans up. A running writer holds an exclusive ``flock`` on its marker from before it
+    writes its name into it until its folder is gone; the kernel drops the lock when the
+    process dies. So: the lock is free and the name complete means the writer has ended.
+    """
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(os.path.join(path, TEMP_MARKER), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # held: the writer runs
+        return os.read(fd, len(name) + 1) == name.encode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
 
 
 def _is_writers_folder(path: str, name: str) -> bool:
@@ -82,10 +113,14 @@ def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:
         if match is None:
             continue
         pid = int(match[1])
-        if pid == os.getpid() or _process_alive(pid):
+        if pid == os.getpid():
             continue
         try:
-            if not entry.is_dir(follow_symlinks=False) or not _is_writers_folder(entry.path, entry.name):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if _process_alive(pid) and not _writer_gone(entry.path, entry.name):
+                continue
+            if not _is_writers_folder(entry.path, entry.name):
                 continue
             shutil.rmtree(entry.path)
             removed.append(entry.name)
@@ -118,9 +153,18 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], *
     tmp_folder = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
     os.mkdir(tmp_folder, 0o700)  # fails if it exists: never someone else's folder
     tmp = tmp_folder / target.name
+    marker = None
     try:
-        with open(tmp_folder / TEMP_MARKER, "xb") as marker:
-            marker.write(tmp_folder.name.encode("utf-8", "surrogateescape"))
+        # Opened first and locked before the name goes in, held until the folder is gone: a
+        # cleaner that finds it unlocked with the name complete knows this writer has ended.
+        marker = open(tmp_folder / TEMP_MARKER, "xb")  # noqa: SIM115 (held open for the whole write)
+        if fcntl is not None:
+            fcntl.flock(marker.fileno(), fcntl.LOCK_EX)
+        marker.write(tmp_folder.name.encode("utf-8", "surrogateescape"))
+        marker.flush()
+        if fcntl is None:  # nothing to hold, and Windows cannot delete a file that is open
+            marker.close()
+            marker = None
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask
         try:
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
@@ -138,6 +182,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], *
         _fsync_folder(target.parent)
     finally:
         shutil.rmtree(tmp_folder, ignore_errors=True)
+        if marker is not None:
+            marker.close()
     return target
 
 

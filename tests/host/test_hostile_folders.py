@@ -428,6 +428,33 @@ def test_clean_up_deletes_only_the_writers_own_temporary_folders(tmp_path: Path)
     assert (tmp_path / "next_00001.safetensors").is_file()
 
 
+def test_a_dead_writers_folder_is_cleaned_also_when_its_process_id_was_reused(tmp_path: Path) -> None:
+    """Process ids come back (CI saw a dead writer's id taken by a new thread): the marker's lock decides."""
+    import fcntl
+
+    from taptune.adapter_core.safe_write import TEMP_MARKER, write_numbered
+
+    reused = os.getppid()  # a process that runs, and is no writer of ours
+    dead = tmp_path / f".a.{reused}.0c0c0c.taptune-tmp"
+    dead.mkdir()
+    (dead / TEMP_MARKER).write_text(dead.name)  # complete name, nobody holds its lock
+    (dead / "a.safetensors").write_bytes(b"half")
+    running = tmp_path / f".b.{reused}.0d0d0d.taptune-tmp"
+    running.mkdir()
+    with open(running / TEMP_MARKER, "wb") as marker:  # a writer at work: lock held, name written
+        fcntl.flock(marker.fileno(), fcntl.LOCK_EX)
+        marker.write(running.name.encode())
+        marker.flush()
+        write_numbered(tmp_path, "next", lambda tmp: Path(tmp).write_text("x"))
+        assert not dead.exists()
+        assert (running / TEMP_MARKER).is_file()  # a running writer's folder is left alone
+    starting = tmp_path / f".c.{reused}.0e0e0e.taptune-tmp"
+    starting.mkdir()
+    (starting / TEMP_MARKER).write_text(".c")  # its name not yet complete: the writer may be starting
+    write_numbered(tmp_path, "next", lambda tmp: Path(tmp).write_text("y"))
+    assert starting.exists() and not running.exists()  # the first writer has ended since: cleaned
+
+
 @pytest.mark.parametrize("depth", [33, 1000, 5000, 100_000])
 def test_a_very_deep_prefix_is_the_nodes_filename_prefix_error(tmp_path: Path, depth: int) -> None:
     from taptune.nodes.common import write_new_output

@@ -59,6 +59,11 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _marker_text(name: str) -> bytes:
+    """What a writer's marker holds: its folder's name."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 def _writer_gone(path: str, name: str) -> bool:
     """Whether the writer of the temporary folder ``path`` has ended although its process id is in use.
 
@@ -79,7 +84,7 @@ def _writer_gone(path: str, name: str) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return False  # held: the writer runs
-        return os.read(fd, len(name) + 1) == name.encode("utf-8", "surrogateescape")
+        return os.read(fd, len(name) + 1) == _marker_text(name)
     finally:
         os.close(fd)
 
@@ -88,7 +93,7 @@ def _is_writers_folder(path: str, name: str) -> bool:
     """Whether the folder ``path`` is a writer's temporary folder: its marker names it, or it is empty."""
     try:
         with open(os.path.join(path, TEMP_MARKER), "rb") as marker:
-            return marker.read(len(name) + 1) == name.encode("utf-8", "surrogateescape")
+            return marker.read(len(name) + 1) == _marker_text(name)
     except OSError:
         pass
     try:
@@ -160,7 +165,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], *
         marker = open(tmp_folder / TEMP_MARKER, "xb")  # noqa: SIM115 (held open for the whole write)
         if fcntl is not None:
             fcntl.flock(marker.fileno(), fcntl.LOCK_EX)
-        marker.write(tmp_folder.name.encode("utf-8", "surrogateescape"))
+        marker.write(_marker_text(tmp_folder.name))
         marker.flush()
         if fcntl is None:  # nothing to hold, and Windows cannot delete a file that is open
             marker.close()

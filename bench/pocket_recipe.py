@@ -28,7 +28,7 @@ from typing import Any
 from devtools.demo_files import POCKET_COFT_EPS
 
 from .common import setup_host
-from .quality import Method, run_job, write_row
+from .quality import Job, Method, run_job, write_row
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recipe"
 SUBJECTS = ("striped_star", "checked_square", "dotted_circle", "split_triangle")
@@ -66,13 +66,6 @@ def settings_grid(args: argparse.Namespace) -> list[Setting]:
                             base = Method(f"COFT r=4, eps {eps:g}", "oft", lr, coft=True, eps=eps)
                         out.append(Setting(replace(base, steps=steps, prior_loss_weight=weight)))
     return out
-
-
-class _Job:
-    """What :func:`bench.quality.run_job` reads of a job."""
-
-    def __init__(self, method: Method, subject: str, seed: int) -> None:
-        self.method, self.subject, self.seed = method, subject, seed
 
 
 def result_file(out: Path, setting: Setting, subject: str, seed: int) -> Path:
@@ -154,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(0) if todo else None
         for i, (setting, subject, seed) in enumerate(todo):
             t0 = time.perf_counter()
-            row = run_job(ctx, _Job(setting.method, subject, seed))
+            row = run_job(ctx, Job(setting.method, subject, seed))
             write_row(result_file(args.out, setting, subject, seed), {**row, "setting": setting.slug})
             print(
                 f"[{i + 1}/{len(todo)}] {setting.slug} / {subject} / seed {seed}: subject {row['subject_rate']:.2f} "

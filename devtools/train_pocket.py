@@ -370,7 +370,12 @@ def load_trained(path: Path, unet: Any, text_encoder: Any) -> None:
 
     stored = load_file(str(path))
     for prefix, module in ((pm.UNET_PREFIX, unet), (pm.TEXT_PREFIX, text_encoder)):
-        module.load_state_dict({k[len(prefix) :]: v.float() for k, v in stored.items() if k.startswith(prefix)})
+        module.load_state_dict(weights_under(stored, prefix))
+
+
+def weights_under(stored: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a pocket file under ``prefix`` (one module's), unprefixed, in fp32 for training."""
+    return {k[len(prefix) :]: v.float() for k, v in stored.items() if k.startswith(prefix)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,13 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
         old = pm.read_metadata(args.vae_from)
         vae = AutoencoderKL(**pm.vae_config(old)["params"])
-        vae.load_state_dict(
-            {
-                k[len(pm.VAE_PREFIX) :]: v.float()
-                for k, v in load_file(str(args.vae_from)).items()
-                if k.startswith(pm.VAE_PREFIX)
-            }
-        )
+        vae.load_state_dict(weights_under(load_file(str(args.vae_from)), pm.VAE_PREFIX))
         vae.eval()
         log["vae"] = {**old.get("training", {}).get("vae", {}), "reused_from": str(args.vae_from)}
     else:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import attend
+from .bypass import Bypassable
 from .errors import ConfigError
 from .positions import RESBLOCK_ORDER, TRANSFORMER_ORDER, SiteKind
 from .sites import base_block, is_resblock, is_transformer_block
@@ -33,7 +34,7 @@ TAP_CHILD = "taptune"
 _TRANSFORMER_ATTRS = ("n_heads", "d_head", "attn_precision", "disable_self_attn")
 
 
-class _TappedBlock(nn.Module):
+class _TappedBlock(Bypassable, nn.Module):
     """Shared machinery: adopt the base block's children, hold hooks and strengths.
 
     ``children`` replaces the children taken from the block (the same names): the host
@@ -119,6 +120,8 @@ class _TappedBlock(nn.Module):
         return cls(base_block(block), existing + list(taps), children, checkpointing)
 
     def _visit(self, position: str, value: torch.Tensor, reads: list[torch.Tensor | None]) -> torch.Tensor:
+        if self.bypassed:
+            return value
         for i in self._readers.get(position, ()):
             reads[i] = value
         for i in self._writers.get(position, ()):

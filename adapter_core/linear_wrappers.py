@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ProjectingModule, attend
+from .bypass import Bypassable
 from .errors import ConfigError
 from .patch_plan import ChildWrapper, HostOps
 
@@ -54,7 +55,7 @@ def split_block_layer(path: str) -> tuple[str, str, str] | None:
     return None
 
 
-class _AdoptingParent(ProjectingModule):
+class _AdoptingParent(Bypassable, ProjectingModule):
     """Adopts a parent's children; the layers in ``members`` are computed through them.
 
     The members sit in a child named ``holder`` (dropped from ``state_dict``, so saving the
@@ -96,7 +97,7 @@ class _AdoptingParent(ProjectingModule):
         layer = self.get_submodule(name)
         key = name.replace(".", "__")
         members = self.members()
-        if key not in members:
+        if key not in members or self.bypassed:
             return layer(x)
         cast = self.host.weights_of(layer, x)
         try:

@@ -1,7 +1,9 @@
 """The pocket recipe search: steps, learning rate and prior weight for the demo's two methods.
 
     .venv/bin/python -m bench.pocket_recipe [--methods tap coft] [--steps 400 1000] [--lr 2e-3 5e-3]
-                                            [--prior-weight 1] [--eps 0.001] [--subjects ...] [--seeds 0]
+                                            [--prior-weight 1] [--eps 0.001] [--class-data class varied]
+                                            [--prior-target class_images base_model]
+                                            [--subjects ...] [--seeds 0]
                                             [--shard K/N] [--table]
 
 Issue 21 asks the paper's tap recipe (attn2o -> ffni) and COFT, at the settings the demo uses,
@@ -16,6 +18,7 @@ each bound holds. The chosen recipe and why: docs/decisions.md ("The pocket reci
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import statistics
@@ -48,7 +51,9 @@ class Setting:
         m = self.method
         eps = f"_eps{m.eps:g}" if m.family == "oft" else ""
         name = "tap" if m.family == "tap" else ("coft" if m.coft else "oft")
-        return f"{name}{eps}_steps{m.steps}_lr{m.learning_rate:g}_pw{m.prior_loss_weight:g}"
+        data = "" if m.class_data == "class" else f"_{m.class_data}"
+        target = "" if m.prior_target == "class_images" else "_teacher"
+        return f"{name}{eps}_steps{m.steps}_lr{m.learning_rate:g}_pw{m.prior_loss_weight:g}{data}{target}"
 
 
 def settings_grid(args: argparse.Namespace) -> list[Setting]:
@@ -60,11 +65,22 @@ def settings_grid(args: argparse.Namespace) -> list[Setting]:
             for steps in args.steps:
                 for lr in args.lr:
                     for weight in args.prior_weight:
-                        if family == "tap":
-                            base = Method("tap attn2o->ffni", "tap", lr, "attn2o", "ffni")
-                        else:
-                            base = Method(f"COFT r=4, eps {eps:g}", "oft", lr, coft=True, eps=eps)
-                        out.append(Setting(replace(base, steps=steps, prior_loss_weight=weight)))
+                        for data, target in itertools.product(args.class_data, args.prior_target):
+                            if family == "tap":
+                                base = Method("tap attn2o->ffni", "tap", lr, "attn2o", "ffni")
+                            else:
+                                base = Method(f"COFT r=4, eps {eps:g}", "oft", lr, coft=True, eps=eps)
+                            out.append(
+                                Setting(
+                                    replace(
+                                        base,
+                                        steps=steps,
+                                        prior_loss_weight=weight,
+                                        class_data=data,
+                                        prior_target=target,
+                                    )
+                                )
+                            )
     return out
 
 
@@ -123,6 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, nargs="+", default=[2e-3])
     parser.add_argument("--prior-weight", type=float, nargs="+", default=[1.0])
     parser.add_argument("--eps", type=float, nargs="+", default=[POCKET_COFT_EPS], help="COFT eps values")
+    parser.add_argument(
+        "--class-data",
+        nargs="+",
+        choices=("class", "varied"),
+        default=["class"],
+        help="prior data: 'a <class>' only, or the class over the palette's colours and backgrounds",
+    )
+    parser.add_argument(
+        "--prior-target",
+        nargs="+",
+        choices=("class_images", "base_model"),
+        default=["class_images"],
+        help="the class term's target: the class images (DreamBooth) or the base model's own prediction",
+    )
     parser.add_argument("--subjects", nargs="+", default=list(SUBJECTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -79,6 +79,10 @@ class Method:
     #: Training steps; 0 means the run's ``--steps`` (the recipe search varies it per method).
     steps: int = 0
     prior_loss_weight: float = 1.0
+    #: The prior data: ``class`` (``a <class>``, DreamBooth's) or ``varied`` (see :func:`varied_class_prompts`).
+    class_data: str = "class"
+    #: The class term's target (``TrainSettings.prior_target``): class_images or base_model.
+    prior_target: str = "class_images"
 
     def steps_in(self, ctx: Context) -> int:
         """The steps this method trains for in a run of ``ctx``."""
@@ -153,9 +157,27 @@ class Context:
 
     def class_images(self, subject: Any) -> Any:
         """``a <class>`` from the base model (DreamBooth's prior data), drawn once per class."""
-        if subject.shape not in self._class_images:
-            self._class_images[subject.shape] = self.sampler(self.model)(subject.class_prompt(), 0, CLASS_IMAGES)
-        return self._class_images[subject.shape]
+        return self.class_data(subject, "class")[0]
+
+    def class_data(self, subject: Any, kind: str = "class") -> tuple[list[Any], list[str]]:
+        """Class images from the base model and their prompts, drawn once per class and kind.
+
+        ``class``: :data:`CLASS_IMAGES` pictures of ``a <class>``; ``varied``: one picture of each
+        of :func:`varied_class_prompts` (seed = its index).
+        """
+        key = f"{subject.shape}/{kind}"
+        if key not in self._class_images:
+            sampler = self.sampler(self.model)
+            if kind == "class":
+                prompts = [subject.class_prompt()] * CLASS_IMAGES
+                images = list(sampler(subject.class_prompt(), 0, CLASS_IMAGES))
+            elif kind == "varied":
+                prompts = varied_class_prompts(subject.shape)
+                images = [sampler(p, i, 1)[0] for i, p in enumerate(prompts)]
+            else:
+                raise ValueError(f"unknown class data {kind!r}: class or varied")
+            self._class_images[key] = (images, prompts)
+        return self._class_images[key]
 
     def pictures(self, model: Any, key: int, prompt: str, seed: int, batch: int) -> Any:
         """Generations of ``prompt`` (cached for the base model, whose ``key`` is 0)."""
@@ -168,6 +190,28 @@ class Context:
         return out
 
 
+#: Colour pairs the varied class prompts leave out: the fully specified preservation prompts
+#: (``a red <class> on a blue background`` in the evaluation, ``green on white`` in
+#: ``devtools.drift_by_prompt``), so drift is measured on prompts the prior data never shows.
+HELD_OUT_PAIRS = (("red", "blue"), ("green", "white"))
+
+
+def varied_class_prompts(shape: str) -> list[str]:
+    """:data:`CLASS_IMAGES` class prompts over the palette: ``a {colour} <class> on a {background} background``.
+
+    Every (object, background) colour pair of the world but :data:`HELD_OUT_PAIRS`, in a fixed
+    shuffled order, the first :data:`CLASS_IMAGES`; the first prompt is ``a <class>`` itself.
+    """
+    import random
+
+    from taptune.pocket.world import COLOUR_NAMES
+
+    pairs = [(c, b) for c in COLOUR_NAMES for b in COLOUR_NAMES if c != b and (c, b) not in HELD_OUT_PAIRS]
+    random.Random(0).shuffle(pairs)
+    prompts = [f"a {shape}"] + [f"a {c} {shape} on a {b} background" for c, b in pairs]
+    return prompts[:CLASS_IMAGES]
+
+
 def _training_settings(ctx: Context, method: Method, seed: int) -> Any:
     from taptune.training.settings import TrainSettings
 
@@ -177,6 +221,7 @@ def _training_settings(ctx: Context, method: Method, seed: int) -> Any:
         batch_size=1,
         seed=seed,
         prior_loss_weight=method.prior_loss_weight,
+        prior_target=method.prior_target,
         resolution=64,
         resize_mode="none",
     )
@@ -187,6 +232,12 @@ def _photos(subject: Any) -> tuple[list[Any], str]:
 
     photos = to_tensor_images(subject.photos())
     return list(photos), "\n".join(subject.photo_prompts())
+
+
+def _class_set(ctx: Context, method: Method, subject: Any) -> tuple[list[Any], str]:
+    """The method's class images and their prompt input (one line per image when they differ)."""
+    images, prompts = ctx.class_data(subject, method.class_data)
+    return images, prompts[0] if len(set(prompts)) == 1 else "\n".join(prompts)
 
 
 def train_pack(ctx: Context, method: Method, subject: Any, seed: int) -> tuple[Any, int]:
@@ -213,7 +264,7 @@ def train_pack(ctx: Context, method: Method, subject: Any, seed: int) -> tuple[A
         spec,
         RunInputs(
             ImageSet(photos, prompts),
-            ImageSet(list(ctx.class_images(subject)), subject.class_prompt()),
+            ImageSet(*_class_set(ctx, method, subject)),
             _training_settings(ctx, method, seed),
         ),
     )

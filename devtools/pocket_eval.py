@@ -173,10 +173,12 @@ def dreambooth_run(
     eval_batch: int = 4,
     base_only: bool = False,
     extra_train_inputs: dict[str, Any] | None = None,
+    training_settings: dict[str, Any] | None = None,
 ) -> DreamBoothRun:
     """``TapTunePocketModel`` -> ``TapTuneClassImages`` + ``TapTuneLoadImageFolder`` + spec ->
     ``TapTuneDreamBoothTrain`` -> (``CLIPTextEncode``, ``EmptyLatentImage``, ``KSampler``, ``VAEDecode``)
-    per evaluation prompt, for the trained MODEL and (same seeds) the base MODEL."""
+    per evaluation prompt, for the trained MODEL and (same seeds) the base MODEL. ``training_settings``
+    adds a ``TapTuneTrainingSettings`` node with those inputs on the trainer's ``settings``."""
     s = sampler_defaults()
     g: dict[str, Any] = {
         "1": {"class_type": "TapTunePocketModel", "inputs": {}},
@@ -228,6 +230,9 @@ def dreambooth_run(
             },
         }
         train_inputs["class_images"] = ["2", 0]
+    if training_settings is not None:
+        g["6"] = {"class_type": "TapTuneTrainingSettings", "inputs": dict(training_settings)}
+        train_inputs["settings"] = ["6", 0]
     if not base_only:
         g["5"] = {"class_type": "TapTuneDreamBoothTrain", "inputs": train_inputs}
     decoded: dict[tuple[str, str], str] = {}

@@ -138,6 +138,7 @@ def training_settings(
         prior_loss_weight=bounded_number(values.get("prior_loss_weight", 1.0), "prior_loss_weight", 0.0, 10.0),
         resolution=bounded_integer(values.get("resolution", 512), "resolution", 64, 4096),
         resize_mode=extra["resize_mode"],
+        prior_target=extra["prior_target"],
         gradient_accumulation=extra["gradient_accumulation"],
         lr_schedule=extra["lr_schedule"],
         warmup_steps=extra["warmup_steps"],
@@ -173,7 +174,11 @@ def training_inputs() -> list[io.Input]:
             multiline=True,
             tooltip="One prompt for all instance images, or one line per image (in image order).",
         ),
-        io.String.Input("class_prompt", default="a photo of dog", tooltip="The prompt of the class images."),
+        io.String.Input(
+            "class_prompt",
+            default="a photo of dog",
+            tooltip="The prompt of the class images: one line for all, or one line per class image.",
+        ),
         io.Float.Input(
             "prior_loss_weight",
             default=1.0,

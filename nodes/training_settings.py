@@ -18,7 +18,7 @@ from comfy_api.v0_0_2 import io
 from ..training.images import RESIZE_MODES
 from ..training.optimisation import OPTIMIZERS
 from ..training.schedule import SCHEDULES
-from ..training.settings import PRECISIONS
+from ..training.settings import PRECISIONS, PRIOR_TARGETS
 from .common import (
     CATEGORY_TRAIN,
     NodeInputError,
@@ -189,6 +189,16 @@ def settings_inputs() -> list[io.Input]:
         ),
         io.Int.Input(
             "validation_steps", optional=True, default=20, min=1, max=200, tooltip="Sampler steps of each preview."
+        ),
+        # Added after the others: last, so that workflows saved before keep their widget values in place.
+        io.Combo.Input(
+            "prior_target",
+            optional=True,
+            options=list(PRIOR_TARGETS),
+            default="class_images",
+            tooltip="What the class images teach. class_images: DreamBooth's loss, the model denoises them. "
+            "base_model: the model keeps the base model's own prediction on them (the adapters switched off for "
+            "one more forward pass per step): the class changes much less.",
         ),
     ]
 

@@ -37,11 +37,13 @@ def trigger_and_class_words(instance_prompt: str, class_prompt: str) -> tuple[st
     """The rare token of the instance prompt (``sks``) and the class word (``dog``), best effort.
 
     The trigger word is what the instance prompt has and the class prompt lacks; the
-    class word the last content word of the class prompt.
+    class word the last content word of the class prompt. Of prompts given one per image,
+    the first line of each counts.
     """
     lines = prompt_lines(instance_prompt)
     first = lines[0] if lines else ""
-    class_words = _words(class_prompt)
+    class_lines = prompt_lines(class_prompt)
+    class_words = _words(class_lines[0] if class_lines else "")
     extra = [w for w in _words(first) if w not in class_words and w not in _FILLER]
     content = [w for w in class_words if w not in _FILLER]
     return (extra[0] if extra else ""), (content[-1] if content else "")

@@ -17,7 +17,7 @@ from .conditioning import ConditioningCache
 from .data import BatchSampler, Pool, encode_latents
 from .errors import TrainingInputError
 from .images import prepare_images
-from .prompts import prompt_lines
+from .prompts import prompt_lines, prompts_for_images
 from .run_state import run_key
 from .settings import TrainSettings
 
@@ -51,6 +51,18 @@ class RunData:
     validation: dict[str, Any] | None
 
 
+def run_defining_settings(s: TrainSettings) -> dict[str, Any]:
+    """The settings that define a run (and its key), by name.
+
+    A setting added later enters only when it is not at its default, so runs made before it
+    existed keep their keys (their checkpoints still resume).
+    """
+    out = {k: getattr(s, k) for k in RUN_DEFINING_SETTINGS}
+    if s.prior_target != "class_images":
+        out["prior_target"] = s.prior_target
+    return out
+
+
 def check_data(
     settings: TrainSettings,
     instance_images: list[torch.Tensor],
@@ -73,13 +85,18 @@ def check_data(
                 "class_prompt",
                 "prior preservation is on (prior_loss_weight > 0) but there is no class prompt, e.g. 'a photo of dog'",
             )
-        if len(prompt_lines(class_prompt)) > 1:
-            raise TrainingInputError("class_prompt", "give one class prompt (one line)")
         if not class_images:
             raise TrainingInputError(
                 "class_images",
                 "prior preservation is on but no class images are connected: generate them with TapTuneClassImages, "
                 "or set prior_loss_weight to 0",
+            )
+        lines = len(prompt_lines(class_prompt))
+        if lines > 1 and lines != len(class_images):
+            raise TrainingInputError(
+                "class_prompt",
+                f"has {lines} lines but there are {len(class_images)} class images: give one prompt for all, "
+                "or one per image",
             )
 
 
@@ -104,7 +121,8 @@ def prepare_run_data(
     class_prompt = classes[1]
     if s.prior_loss_weight > 0:
         class_pixels = prepare_images(classes[0], s.resize_mode, s.resolution, "class_images")
-        class_pool = Pool(encode_latents(vae, model, class_pixels), [class_prompt] * len(class_pixels))
+        class_prompts = prompts_for_images(class_prompt, len(class_pixels), "class_prompt")
+        class_pool = Pool(encode_latents(vae, model, class_pixels), class_prompts)
         samplers["class"] = BatchSampler(class_pool, s.batch_size)
         pixels += class_pixels
     conds = ConditioningCache(model, clip, model.load_device)
@@ -123,7 +141,7 @@ def prepare_run_data(
             # Pixels, not latents: latents vary across devices.
             "pixels": [(tuple(p.shape), round(float(p.double().sum()), 6)) for p in pixels],
             "prompts": [*instance[1], class_prompt if s.prior_loss_weight > 0 else None],
-            "settings": {k: getattr(s, k) for k in RUN_DEFINING_SETTINGS},
+            "settings": run_defining_settings(s),
             "lr": key_inputs["lr"],
         }
     )

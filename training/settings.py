@@ -13,6 +13,7 @@ from .optimisation import OPTIMIZERS
 from .schedule import SCHEDULES
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+PRIOR_TARGETS: tuple[str, ...] = ("class_images", "base_model")
 #: Bounds of the integer settings (the node's widgets offer the same ranges).
 MAX_STEPS = 1_000_000
 MAX_BATCH = 64
@@ -29,6 +30,9 @@ class TrainSettings:
     batch_size: int = 1
     seed: int = 0
     prior_loss_weight: float = 1.0
+    #: What the class images' term compares with: ``class_images`` (DreamBooth's loss: the clean
+    #: class image) or ``base_model`` (the base model's own prediction on the same noisy input).
+    prior_target: str = "class_images"
     gradient_accumulation: int = 1
     lr_schedule: str = "constant"
     warmup_steps: int = 0
@@ -80,6 +84,7 @@ def check_settings(s: TrainSettings, learning_rate: float) -> None:
         ("lr_schedule", s.lr_schedule, SCHEDULES),
         ("precision", s.precision, PRECISIONS),
         ("resize_mode", s.resize_mode, RESIZE_MODES),
+        ("prior_target", s.prior_target, PRIOR_TARGETS),
     ):
         if value not in allowed:
             raise TrainingInputError(name, f"unknown value {str(value)[:40]!r}; allowed: {', '.join(allowed)}")

@@ -31,10 +31,11 @@ import comfy.model_management
 import torch
 from PIL import Image
 
+from ..adapter_core.bypass import adapters_bypassed
 from ..adapter_core.errors import ConfigError
 from ..adapter_core.kind import AdapterSetBase, AdapterSpec, Phase, trainable_parameters
 from ..adapter_core.registry import kind_of_spec
-from ..patching.model_access import model_view
+from ..patching.model_access import diffusion_model, model_view
 from ..patching.training_clone import loaded_for_training, training_clone, training_memory
 from .conditioning import ConditioningCache
 from .data import Batch
@@ -316,9 +317,33 @@ class DreamBoothTrainer:
             error = prediction_error(sampling, sigma, x_t, denoised, latents)
             offset = 0
             for n, count in zip(group, counts, strict=True):
-                errors[n] = error[offset : offset + count]
+                rows = slice(offset, offset + count)
+                if n == "class" and self.settings.prior_target == "base_model":
+                    teacher = self._base_prediction(model, conds, x_t[rows], sigma[rows], prompts[rows], options)
+                    errors[n] = prediction_error(sampling, sigma[rows], x_t[rows], denoised[rows], teacher)
+                else:
+                    errors[n] = error[rows]
                 offset += count
         return prior_preservation_loss(errors["instance"], errors.get("class"), self.settings.prior_loss_weight)
+
+    def _base_prediction(
+        self,
+        model: Any,
+        conds: ConditioningCache,
+        x_t: torch.Tensor,
+        sigma: torch.Tensor,
+        prompts: list[str],
+        options: dict[str, Any],
+    ) -> torch.Tensor:
+        """The base model's denoised prediction on these rows: the adapters bypassed, no gradient.
+
+        With ``prior_target`` ``base_model`` the class images' target is what the model predicted
+        before training on the same noisy input, not the clean image: the class term then measures
+        only how far the adapters moved the class, without the prediction's own error.
+        """
+        inputs = conds.batch(prompts, tuple(x_t.shape[1:]))
+        with torch.no_grad(), adapters_bypassed(diffusion_model(model)), self._autocast():
+            return model.model.apply_model(x_t, sigma, transformer_options=options, **inputs).detach()
 
     def _rows(self, counts: list[int]) -> torch.Tensor:
         """Indices of this process's rows in a concatenation of pool batches of ``counts`` samples."""

@@ -50,7 +50,7 @@ from taptune.training.settings import TrainSettings
 from taptune.training.trainer import DreamBoothTrainer
 
 from .training_helpers import smooth_image
-from .unet_io import fixed_inputs, unet_output
+from .unet_io import fixed_inputs, raw_output, unet_output
 
 KIND_NAMES = list(KINDS)
 #: (ComfyUI model config name, UNet config, prediction, pooled width) of the generated families.
@@ -257,6 +257,33 @@ def test_each_phase_trains_its_parameters_and_only_those(kind, family):
 
     assert max(violations) <= 1e-5, f"{kind}'s constraint broken after a step: {max(violations)}"
     assert torch.equal(_out(family.model, family), base)  # nothing of the run stayed in the base model
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_bypassed_adapters_compute_the_base_and_come_back(kind, family):
+    """The prior's teacher (``prior_target: base_model``): a loaded training clone with its adapters
+    bypassed computes the base model's output bit for bit; afterwards, its own output again."""
+    from taptune.adapter_core.bypass import adapters_bypassed
+    from taptune.patching.model_access import diffusion_model
+    from taptune.patching.training_clone import loaded_for_training, training_clone, training_memory
+
+    spec = _example(kind)
+    adapter_set = _perturbed(kind, family, 3)
+    x, sigma, ctx, extra = family.inputs
+    base = _out(family.model, family)
+    trained = training_clone(
+        family.model, spec.training_plan(adapter_set, model_view(family.model)), gradient_checkpointing=False
+    )
+    memory = training_memory(trained, list(x.shape), adapter_set.num_parameters(), False)
+    with loaded_for_training(trained, memory):
+        adapted = raw_output(trained, x, sigma, ctx, **extra)
+        with adapters_bypassed(diffusion_model(trained)) as switched:
+            bypassed = raw_output(trained, x, sigma, ctx, **extra)
+        again = raw_output(trained, x, sigma, ctx, **extra)
+    assert switched > 0
+    assert torch.equal(bypassed, base)
+    assert not torch.equal(adapted, base)
+    assert torch.equal(again, adapted)
 
 
 # -- once (the SD 1.x family) ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from taptune.patching.apply import apply_adapter_set
 from taptune.training.conditioning import ConditioningCache
 from taptune.training.data import BatchSampler, Pool
 from taptune.training.errors import TrainingDivergedError, TrainingInputError
+from taptune.training.settings import TrainSettings
 
 from .training_helpers import denoising_error, oft_spec, prediction_drift, smooth_image, tap_spec, train
 from .unet_io import fixed_inputs, unet_output
@@ -217,3 +218,29 @@ def test_batches_pair_every_image_with_its_own_prompt(sd15):
             single = comfy.sampler_helpers.convert_cond(cache.conditioning(prompts[i]))[0]["cross_attn"]
             assert torch.equal(context[row], single[0])
     assert seen == set(range(5))
+
+
+def test_a_later_setting_at_its_default_leaves_the_run_key_as_it_was():
+    """Checkpoints written before ``prior_target`` existed still resume: its default is not in the key."""
+    from taptune.training.run_data import RUN_DEFINING_SETTINGS, run_defining_settings
+    from taptune.training.run_state import run_key
+
+    plain = TrainSettings()
+    assert run_defining_settings(plain) == {k: getattr(plain, k) for k in RUN_DEFINING_SETTINGS}
+    teacher = run_defining_settings(TrainSettings(prior_target="base_model"))
+    assert teacher["prior_target"] == "base_model"
+    assert run_key({"settings": teacher}) != run_key({"settings": run_defining_settings(plain)})
+
+
+def test_class_images_take_one_prompt_or_one_per_image():
+    from taptune.training.prompts import trigger_and_class_words
+    from taptune.training.run_data import check_data
+
+    settings = TrainSettings(prior_loss_weight=1.0)
+    images = [torch.zeros(1, 8, 8, 3)] * 3
+    check_data(settings, images, "a sks star", "a star", images)
+    check_data(settings, images, "a sks star", "a star\na red star\na blue star", images)
+    with pytest.raises(TrainingInputError) as raised:
+        check_data(settings, images, "a sks star", "a star\na red star", images)
+    assert raised.value.input_name == "class_prompt" and "2 lines but there are 3 class images" in str(raised.value)
+    assert trigger_and_class_words("a sks star", "a star\na red star on a blue background") == ("sks", "star")

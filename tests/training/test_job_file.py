@@ -43,7 +43,9 @@ def test_a_spec_survives_its_json(spec):
 
 
 def test_settings_survive_their_json_and_the_paths_stay_out():
-    settings = TrainSettings(steps=7, learning_rate=None, optimizer="sgd", gradient_checkpointing=True, seed=2**40)
+    settings = TrainSettings(
+        steps=7, learning_rate=None, optimizer="sgd", gradient_checkpointing=True, seed=2**40, prior_target="base_model"
+    )
     entry = json.loads(json.dumps(settings_to_json(settings)))
     assert "checkpoint_dir" not in entry and "resume_from" not in entry
     assert settings_from_json(entry, "/c", "/r") == TrainSettings(

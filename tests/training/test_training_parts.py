@@ -192,6 +192,7 @@ def test_a_sampler_resumes_the_same_sequence():
         ({"resolution": 100}, "resolution"),
         ({"steps": True}, "steps"),
         ({"weight_decay": math.inf}, "weight_decay"),
+        ({"prior_target": "teacher"}, "prior_target"),
     ],
 )
 def test_settings_name_the_input_at_fault(change, input_name):

@@ -120,13 +120,12 @@ class _TappedBlock(Bypassable, nn.Module):
         return cls(base_block(block), existing + list(taps), children, checkpointing)
 
     def _visit(self, position: str, value: torch.Tensor, reads: list[torch.Tensor | None]) -> torch.Tensor:
-        if self.bypassed:
-            return value
         for i in self._readers.get(position, ()):
             reads[i] = value
         for i in self._writers.get(position, ()):
             hook = self.taptune[i]
-            value = value + (self.strengths[i] * hook.scale) * hook(reads[i])
+            if not self.is_bypassed(hook):
+                value = value + (self.strengths[i] * hook.scale) * hook(reads[i])
         return value
 
     def _maybe_checkpointed(self, run: Any, *args: Any) -> torch.Tensor:

@@ -97,7 +97,7 @@ class _AdoptingParent(Bypassable, ProjectingModule):
         layer = self.get_submodule(name)
         key = name.replace(".", "__")
         members = self.members()
-        if key not in members or self.bypassed:
+        if key not in members or self.is_bypassed(members[key]):
             return layer(x)
         cast = self.host.weights_of(layer, x)
         try:

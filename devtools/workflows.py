@@ -541,6 +541,7 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
                 "validation_prompt": sizing.sample_prompt,
                 "validation_every": sizing.checkpoint_every,
                 "validation_steps": sizing.sample_steps,
+                "prior_target": "class_images",
                 **changes,
             },
         }

@@ -177,7 +177,8 @@ def training_inputs() -> list[io.Input]:
         io.String.Input(
             "class_prompt",
             default="a photo of dog",
-            tooltip="The prompt of the class images: one line for all, or one line per class image.",
+            tooltip="The prompt of the class images: one line for all, or one line per class image (connect a "
+            "multi-line text for that).",
         ),
         io.Float.Input(
             "prior_loss_weight",
@@ -323,6 +324,7 @@ def _used(settings: TrainSettings, result: Any, trained: Any, model: Any) -> dic
         "precision": str(dtype).replace("torch.", "") if dtype is not None else "float32",
         "trainable_parameters": trained.adapter_set.num_parameters(),
         "resolution": settings.resolution,
+        "prior_target": settings.prior_target,
         "seed": settings.seed,
     }
 
@@ -332,6 +334,7 @@ def _summary(used: dict[str, Any]) -> str:
         f"trained {used['steps']} steps at learning rate {used['learning_rate']:g}, batch {used['batch_size']}"
         f" x {used['gradient_accumulation']} accumulation, {used['precision']}, "
         f"{used['trainable_parameters']:,} trainable parameters, {used['resolution']} px, seed {used['seed']}"
+        + (", the base model as the prior's target" if used.get("prior_target") == "base_model" else "")
     )
 
 

@@ -33,6 +33,7 @@ from ..adapter_core.registry import spec_from_json as registry_spec_from_json
 from ..adapter_core.registry import spec_to_json as registry_spec_to_json
 from ..adapter_core.safe_read import read_regular_text
 from .images import MAX_IMAGE_COUNT, MAX_TOTAL_PIXELS
+from .prompts import prompt_lines
 from .settings import TrainSettings, check_settings
 
 JOB_FORMAT = "taptune-job/1"
@@ -342,6 +343,13 @@ def parse_job(entry: Any, path: Path) -> TrainingJob:
         generate = _generate_section(generate)
     if "folder" in classes and generate is not None:
         raise JobFileError("class: give a folder or generate, not both", input_name="class")
+    class_prompt = _text(classes.get("prompt", ""), "class.prompt", required=False)
+    if generate is not None and len(prompt_lines(class_prompt)) > 1:
+        raise JobFileError(
+            "class.prompt: generated class images are drawn from one prompt; give one line "
+            "(one line per image only goes with a class folder)",
+            input_name="class_prompt",
+        )
     spec = spec_from_json(entry.get("spec"))
     try:
         check_settings(settings, settings.learning_rate if settings.learning_rate is not None else spec.learning_rate)
@@ -353,7 +361,7 @@ def parse_job(entry: Any, path: Path) -> TrainingJob:
         spec=spec,
         instance_folder=_path(folder, instance.get("folder"), "instance.folder"),
         instance_prompt=_text(instance.get("prompt"), "instance.prompt", required=False),
-        class_prompt=_text(classes.get("prompt", ""), "class.prompt", required=False),
+        class_prompt=class_prompt,
         class_folder=_path(folder, classes["folder"], "class.folder") if "folder" in classes else None,
         class_generate=generate,
         settings=settings,

@@ -51,6 +51,7 @@ def trained_adapter(result: TrainResult, model: Any, inputs: RunInputs) -> Train
         "instance_prompt": inputs.instance.prompt,
         "class_prompt": inputs.classes.prompt,
         "prior_loss_weight": settings.prior_loss_weight,
+        "prior_target": settings.prior_target,
     }
     if result.cancelled:
         info["cancelled_at_step"] = result.steps_done

@@ -54,11 +54,12 @@ class RunData:
 def run_defining_settings(s: TrainSettings) -> dict[str, Any]:
     """The settings that define a run (and its key), by name.
 
-    A setting added later enters only when it is not at its default, so runs made before it
-    existed keep their keys (their checkpoints still resume).
+    A setting added later enters only when it is not at its default (and matters: the prior's
+    target only with a prior), so runs made before it existed keep their keys (their
+    checkpoints still resume).
     """
     out = {k: getattr(s, k) for k in RUN_DEFINING_SETTINGS}
-    if s.prior_target != "class_images":
+    if s.prior_target != "class_images" and s.prior_loss_weight > 0:
         out["prior_target"] = s.prior_target
     return out
 

@@ -335,14 +335,15 @@ class DreamBoothTrainer:
         prompts: list[str],
         options: dict[str, Any],
     ) -> torch.Tensor:
-        """The base model's denoised prediction on these rows: the adapters bypassed, no gradient.
+        """The given MODEL's denoised prediction on these rows: this run's adapters bypassed, no gradient.
 
         With ``prior_target`` ``base_model`` the class images' target is what the model predicted
         before training on the same noisy input, not the clean image: the class term then measures
         only how far the adapters moved the class, without the prediction's own error.
         """
         inputs = conds.batch(prompts, tuple(x_t.shape[1:]))
-        with torch.no_grad(), adapters_bypassed(diffusion_model(model)), self._autocast():
+        run = self.adapter_set.parameters()
+        with torch.no_grad(), adapters_bypassed(diffusion_model(model), run), self._autocast():
             return model.model.apply_model(x_t, sigma, transformer_options=options, **inputs).detach()
 
     def _rows(self, counts: list[int]) -> torch.Tensor:

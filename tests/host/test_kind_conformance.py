@@ -260,29 +260,32 @@ def test_each_phase_trains_its_parameters_and_only_those(kind, family):
 
 
 @pytest.mark.parametrize("kind", KIND_NAMES)
-def test_bypassed_adapters_compute_the_base_and_come_back(kind, family):
-    """The prior's teacher (``prior_target: base_model``): a loaded training clone with its adapters
-    bypassed computes the base model's output bit for bit; afterwards, its own output again."""
+def test_bypassed_adapters_compute_the_given_model_and_come_back(kind, family):
+    """The prior's teacher (``prior_target: base_model``): a loaded training clone with the run's adapters
+    bypassed computes what the MODEL it was given computes, bit for bit; afterwards, its own output
+    again. The MODEL given carries a tap adapter loaded for sampling (in the very blocks a tap run
+    trains in): that one stays on, so the teacher is the MODEL given, not the bare checkpoint."""
     from taptune.adapter_core.bypass import adapters_bypassed
     from taptune.patching.model_access import diffusion_model
     from taptune.patching.training_clone import loaded_for_training, training_clone, training_memory
 
+    loaded = _perturbed("tap", family, 11)
+    given = apply_adapter_set(family.model, loaded, 1.0)
     spec = _example(kind)
     adapter_set = _perturbed(kind, family, 3)
     x, sigma, ctx, extra = family.inputs
-    base = _out(family.model, family)
-    trained = training_clone(
-        family.model, spec.training_plan(adapter_set, model_view(family.model)), gradient_checkpointing=False
-    )
+    bare, expected = _out(family.model, family), _out(given, family)
+    trained = training_clone(given, spec.training_plan(adapter_set, model_view(given)), gradient_checkpointing=False)
     memory = training_memory(trained, list(x.shape), adapter_set.num_parameters(), False)
     with loaded_for_training(trained, memory):
         adapted = raw_output(trained, x, sigma, ctx, **extra)
-        with adapters_bypassed(diffusion_model(trained)) as switched:
+        with adapters_bypassed(diffusion_model(trained), adapter_set.parameters()) as switched:
             bypassed = raw_output(trained, x, sigma, ctx, **extra)
         again = raw_output(trained, x, sigma, ctx, **extra)
     assert switched > 0
-    assert torch.equal(bypassed, base)
-    assert not torch.equal(adapted, base)
+    assert not torch.equal(expected, bare)  # the loaded adapter changes the output
+    assert torch.equal(bypassed, expected)
+    assert not torch.equal(adapted, expected)
     assert torch.equal(again, adapted)
 
 

@@ -226,10 +226,32 @@ def test_a_later_setting_at_its_default_leaves_the_run_key_as_it_was():
     from taptune.training.run_state import run_key
 
     plain = TrainSettings()
-    assert run_defining_settings(plain) == {k: getattr(plain, k) for k in RUN_DEFINING_SETTINGS}
+    # The settings that defined a run before prior_target existed, by name.
+    assert (
+        set(run_defining_settings(plain))
+        == {
+            "batch_size",
+            "seed",
+            "prior_loss_weight",
+            "gradient_accumulation",
+            "optimizer",
+            "weight_decay",
+            "lr_schedule",
+            "warmup_steps",
+            "precision",
+            "resolution",
+            "resize_mode",
+        }
+        == set(RUN_DEFINING_SETTINGS)
+    )
     teacher = run_defining_settings(TrainSettings(prior_target="base_model"))
     assert teacher["prior_target"] == "base_model"
     assert run_key({"settings": teacher}) != run_key({"settings": run_defining_settings(plain)})
+    # Without a prior the target changes nothing, so it does not split the runs' keys either.
+    no_prior = TrainSettings(prior_loss_weight=0.0)
+    assert run_defining_settings(TrainSettings(prior_loss_weight=0.0, prior_target="base_model")) == (
+        run_defining_settings(no_prior)
+    )
 
 
 def test_class_images_take_one_prompt_or_one_per_image():

@@ -100,6 +100,8 @@ def test_a_job_reads_back_with_paths_from_its_own_folder(tmp_path):
         ({"output": {"adapter": 5}}, "output"),
         ({"class": {"prompt": "a dog", "folder": "c", "generate": {"count": 4}}}, "class"),
         ({"class": {"prompt": "a dog", "generate": {"count": "many"}}}, "class"),
+        ({"class": {"prompt": "a dog\na cat", "generate": {"count": 2}}}, "class_prompt"),
+        ({"settings__prior_target": "teacher"}, "prior_target"),
     ],
     ids=[
         "format",
@@ -114,6 +116,8 @@ def test_a_job_reads_back_with_paths_from_its_own_folder(tmp_path):
         "adapter not a path",
         "class twice",
         "generate count text",
+        "generated from two prompts",
+        "unknown prior target",
     ],
 )
 def test_a_hostile_job_names_the_field_at_fault(tmp_path, changes, field):

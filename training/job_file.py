@@ -348,7 +348,7 @@ def parse_job(entry: Any, path: Path) -> TrainingJob:
         raise JobFileError(
             "class.prompt: generated class images are drawn from one prompt; give one line "
             "(one line per image only goes with a class folder)",
-            input_name="class_prompt",
+            input_name="class",
         )
     spec = spec_from_json(entry.get("spec"))
     try:

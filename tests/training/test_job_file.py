@@ -100,7 +100,7 @@ def test_a_job_reads_back_with_paths_from_its_own_folder(tmp_path):
         ({"output": {"adapter": 5}}, "output"),
         ({"class": {"prompt": "a dog", "folder": "c", "generate": {"count": 4}}}, "class"),
         ({"class": {"prompt": "a dog", "generate": {"count": "many"}}}, "class"),
-        ({"class": {"prompt": "a dog\na cat", "generate": {"count": 2}}}, "class_prompt"),
+        ({"class": {"prompt": "a dog\na cat", "generate": {"count": 2}}}, "class"),
         ({"settings__prior_target": "teacher"}, "prior_target"),
     ],
     ids=[

@@ -61,26 +61,15 @@ def settings_grid(args: argparse.Namespace) -> list[Setting]:
     out = []
     for family in args.methods:
         epss = args.eps if family == "coft" else [0.0]
-        for eps in epss:
-            for steps in args.steps:
-                for lr in args.lr:
-                    for weight in args.prior_weight:
-                        for data, target in itertools.product(args.class_data, args.prior_target):
-                            if family == "tap":
-                                base = Method("tap attn2o->ffni", "tap", lr, "attn2o", "ffni")
-                            else:
-                                base = Method(f"COFT r=4, eps {eps:g}", "oft", lr, coft=True, eps=eps)
-                            out.append(
-                                Setting(
-                                    replace(
-                                        base,
-                                        steps=steps,
-                                        prior_loss_weight=weight,
-                                        class_data=data,
-                                        prior_target=target,
-                                    )
-                                )
-                            )
+        for eps, steps, lr, weight, data, target in itertools.product(
+            epss, args.steps, args.lr, args.prior_weight, args.class_data, args.prior_target
+        ):
+            if family == "tap":
+                base = Method("tap attn2o->ffni", "tap", lr, "attn2o", "ffni")
+            else:
+                base = Method(f"COFT r=4, eps {eps:g}", "oft", lr, coft=True, eps=eps)
+            changes = {"steps": steps, "prior_loss_weight": weight, "class_data": data, "prior_target": target}
+            out.append(Setting(replace(base, **changes)))
     return out
 
 

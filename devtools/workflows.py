@@ -522,26 +522,21 @@ def example_prompts(sizing: ExampleSizing = GPU) -> dict[str, dict[str, dict[str
         }
 
     def settings(**changes: Any) -> dict[str, Any]:
-        """The trainer's less-used settings: checkpoints, numbered saves and previews every few steps."""
+        """The trainer's less-used settings: checkpoints, numbered saves and previews every few steps.
+
+        Every other input at the node's own default, read from its schema, so an input added to
+        the node reaches the examples without being listed here.
+        """
+        inputs, _ = _definition("TapTuneTrainingSettings")
         return {
             "class_type": "TapTuneTrainingSettings",
             "inputs": {
-                "resize_mode": "center_crop",
-                "lr_schedule": "constant",
-                "warmup_steps": 0,
-                "optimizer": "adamw",
-                "weight_decay": 0.0,
-                "precision": "auto",
-                "gradient_accumulation": 1,
-                "gradient_checkpointing": False,
+                **{name: options.get("default") for name, _, options in inputs},
                 "save_every": sizing.checkpoint_every,
-                "keep_last": 3,
                 "checkpoint_every": sizing.checkpoint_every,
-                "resume_from": "none",
                 "validation_prompt": sizing.sample_prompt,
                 "validation_every": sizing.checkpoint_every,
                 "validation_steps": sizing.sample_steps,
-                "prior_target": "class_images",
                 **changes,
             },
         }

@@ -17,7 +17,7 @@ from .conditioning import ConditioningCache
 from .data import BatchSampler, Pool, encode_latents
 from .errors import TrainingInputError
 from .images import prepare_images
-from .prompts import prompt_lines, prompts_for_images
+from .prompts import prompts_for_images
 from .run_state import run_key
 from .settings import TrainSettings
 
@@ -92,13 +92,7 @@ def check_data(
                 "prior preservation is on but no class images are connected: generate them with TapTuneClassImages, "
                 "or set prior_loss_weight to 0",
             )
-        lines = len(prompt_lines(class_prompt))
-        if lines > 1 and lines != len(class_images):
-            raise TrainingInputError(
-                "class_prompt",
-                f"has {lines} lines but there are {len(class_images)} class images: give one prompt for all, "
-                "or one per image",
-            )
+        prompts_for_images(class_prompt, len(class_images), "class_prompt")  # one line, or one per image
 
 
 def prepare_run_data(

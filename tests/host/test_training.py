@@ -264,5 +264,5 @@ def test_class_images_take_one_prompt_or_one_per_image():
     check_data(settings, images, "a sks star", "a star\na red star\na blue star", images)
     with pytest.raises(TrainingInputError) as raised:
         check_data(settings, images, "a sks star", "a star\na red star", images)
-    assert raised.value.input_name == "class_prompt" and "2 lines but there are 3 class images" in str(raised.value)
+    assert raised.value.input_name == "class_prompt" and "has 2 lines but there are 3 images" in str(raised.value)
     assert trigger_and_class_words("a sks star", "a star\na red star on a blue background") == ("sks", "star")

@@ -126,6 +126,57 @@ def evaluate_captions(
     }
 
 
+def evaluate_patterns(
+    source: Any = None, seed: int = 0, batch: int = 2, per_pattern: int = 12, judge: Any = None, **settings: Any
+) -> dict[str, Any]:
+    """Patterned captions, judged: a seeded sample of the patterned world's looks, and the subjects' own.
+
+    For a model trained with patterned pictures (``devtools.train_pocket --patterned-images``):
+    ``per_pattern`` captions of each pattern from the looks it saw (a picture counts when the
+    judge reads the asked shape, background, pattern and both colours), then each shipped
+    subject's look, which it never saw, asked for by caption (how far composition alone gets).
+    """
+    import numpy as np
+
+    from taptune.patching.pocket_model import load_pocket_model
+    from taptune.pocket import world
+    from taptune.pocket.judge import load_judge
+    from taptune.pocket.metrics import shows_subject
+    from taptune.pocket.subjects import SUBJECTS, subject_looks
+
+    model, clip, vae = source if isinstance(source, tuple) else load_pocket_model(source)
+    judge = judge or load_judge()
+    sampler = Sampler(model, clip, vae, **settings)
+    rng = np.random.default_rng(seed)
+    combos = world.patterned_combinations(subject_looks())
+    by_pattern: dict[str, list[bool]] = defaultdict(list)
+    for pattern in world.PATTERNS[1:]:
+        of_pattern = [c for c in combos if c[2] == pattern]
+        for i in rng.choice(len(of_pattern), per_pattern, replace=False):
+            colour, shape, _, colour2, background = of_pattern[int(i)]
+            text = world.patterned_caption(colour, shape, pattern, colour2, background)
+            for r in judge.read(sampler(text, seed, batch)):
+                by_pattern[pattern].append(
+                    r["shape"] == shape
+                    and r["background"] == background
+                    and shows_subject(r, pattern, (colour, colour2))
+                )
+    subjects = {}
+    for name, subj in SUBJECTS.items():
+        background = subj.alignment_backgrounds()[0]
+        text = world.patterned_caption(
+            str(subj.fill.colour), subj.shape, subj.pattern, str(subj.fill.colour2), background
+        )
+        readings = judge.read(sampler(text, seed, batch * 4))
+        subjects[name] = sum(shows_subject(r, subj.pattern, subj.colours) for r in readings) / len(readings)
+    seen = [ok for oks in by_pattern.values() for ok in oks]
+    return {
+        "seen_looks": sum(seen) / len(seen),
+        "seen_looks_by_pattern": {k: sum(v) / len(v) for k, v in by_pattern.items()},
+        "subjects_by_caption": subjects,
+    }
+
+
 # ----------------------------------------------------------------------------------------------
 # DreamBooth on a subject, through the pack's nodes (API prompts for devtools.comfy_host.Host)
 
@@ -308,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", default=None)
     parser.add_argument("--scheduler", default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument(
+        "--patterns", action="store_true", help="judge patterned captions instead (a model trained with patterns)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     prepare_comfy(ROOT / ".host" / "pocket-train-base")
@@ -322,8 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         }.items()
         if v is not None
     }
-    result = evaluate_captions(args.model, tuple(args.seeds), args.batch, **settings)
-    print_rates(result)
+    if args.patterns:
+        result = evaluate_patterns(args.model, args.seeds[0], args.batch, **settings)
+        print(json.dumps(result, indent=1))
+    else:
+        result = evaluate_captions(args.model, tuple(args.seeds), args.batch, **settings)
+        print_rates(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

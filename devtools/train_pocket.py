@@ -73,6 +73,9 @@ class Settings:
     edge_weight: float = 0.5
     # world latents
     world_images: int = 8000
+    #: Pictures of patterned objects added to the world (``a red star with white stripes ...``),
+    #: every look but the shipped subjects' (issue 21); 0 gives the plain world of the first file.
+    patterned_images: int = 0
     # text encoder + UNet
     steps: int = 2500
     batch: int = 64
@@ -221,6 +224,16 @@ def encode_world(s: Settings, vae: Any, log: dict[str, Any]) -> tuple[torch.Tens
         f"{mae:.2f}/255  {time.perf_counter() - t0:.0f} s",
         flush=True,
     )
+    if s.patterned_images:
+        from taptune.pocket.subjects import subject_looks
+
+        more, more_captions, _ = world.patterned_world_set(s.seed * 1000 + 8, s.patterned_images, subject_looks())
+        more_pixels = to_pixels(more)
+        latents = torch.cat(
+            [latents, *(vae_moments(vae, more_pixels[i : i + 128])[0] for i in range(0, len(more), 128))]
+        )
+        captions = [*captions, *more_captions]
+        log["latents"]["patterned_count"] = len(more)
     return latents * scale, captions, info
 
 
@@ -229,11 +242,17 @@ def encode_world(s: Settings, vae: Any, log: dict[str, Any]) -> tuple[torch.Tens
 
 
 def caption_variants(caption: str) -> list[str]:
-    """The full caption and its partial forms: ``a red star``, ``a star on a blue background``, ``a star``."""
-    from taptune.pocket.world import parse_caption
+    """The full caption and its partial forms: ``a red star``, ``a star on a blue background``, ``a star``.
 
-    colour, shape, background = parse_caption(caption)
-    return [caption, f"a {colour} {shape}", f"a {shape} on a {background} background", f"a {shape}"]
+    A patterned caption keeps its pattern in the first partial form (``a red star with white stripes``).
+    """
+    from taptune.pocket.world import parse_any_caption, pattern_phrase
+
+    p = parse_any_caption(caption)
+    named = f"a {p.colour} {p.shape}"
+    if p.colour2 is not None:
+        named = f"{named} {pattern_phrase(p.pattern, p.colour2)}"
+    return [caption, named, f"a {p.shape} on a {p.background} background", f"a {p.shape}"]
 
 
 class TextTrainer:
@@ -454,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a second training stage: start text encoder + UNet (and take the VAE) from this pocket file",
     )
+    parser.add_argument(
+        "--patterned-images", type=int, default=None, help="pictures of patterned objects added to the world"
+    )
     parser.add_argument("--lr", type=float, default=None, help="text encoder + UNet peak learning rate")
     parser.add_argument("--warmup", type=int, default=None, help="text encoder + UNet warm-up steps")
     parser.add_argument("--vae-crop-steps", type=int, default=None)
@@ -471,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.continue_from is not None:
         s.continue_from = str(args.continue_from)
         args.vae_from = args.vae_from or args.continue_from
-    for name in ("steps", "threads", "vae_crop_steps", "vae_full_steps", "vae_lr", "lr", "warmup"):
+    for name in ("steps", "patterned_images", "threads", "vae_crop_steps", "vae_full_steps", "vae_lr", "lr", "warmup"):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
     torch.set_num_threads(s.threads)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .world import COLOUR_NAMES, Fill, Scene, render_many
+from .world import COLOUR_NAMES, Fill, Look, Scene, render_many
 
 TOKEN = "sks"
 
@@ -123,3 +123,8 @@ def subject(name: str) -> Subject:
     if name not in SUBJECTS:
         raise KeyError(f"unknown subject {name!r}; shipped: {', '.join(SUBJECTS)}")
     return SUBJECTS[name]
+
+
+def subject_looks() -> tuple[Look, ...]:
+    """The shipped subjects' looks ``(shape, pattern, colour, colour2)``: the patterned world leaves them out."""
+    return tuple((s.shape, s.fill.pattern, str(s.fill.colour), str(s.fill.colour2)) for s in SUBJECTS.values())

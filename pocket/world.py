@@ -10,11 +10,14 @@ pictures, bit for bit, on every machine.
 * Drawing is anti-aliased: the scene is drawn :data:`SUPERSAMPLE` times larger with hard
   edges and box-filtered down (each output pixel is the mean of a 4x4 block).
 
-Three distributions are drawn from the same renderer:
+Four distributions are drawn from the same renderer:
 
 * :func:`world_scene` -- the diffusion model's training set: plain, one palette colour on
   another. It never produces a patterned object, so the personalisation subjects
   (:mod:`pocket.subjects`, always patterned) are never in it.
+* :func:`patterned_world_set` -- patterned objects with captions that name the pattern
+  (``a red star with white stripes on a blue background``), every look but the subjects'
+  (``devtools.train_pocket --patterned-images``; see docs/decisions.md on issue 21).
 * :func:`judge_scene` -- the judge's training set: palette colours, plain *or* patterned.
 * :func:`codec_scene` -- the VAE's training set: a broader distribution (any RGB colour,
   any pattern, extra shapes, sometimes a second object or a two-tone background). The VAE is
@@ -81,6 +84,19 @@ def caption(colour: str, shape: str, background: str) -> str:
     return f"a {colour} {shape} on a {background} background"
 
 
+def pattern_phrase(pattern: str, colour2: str) -> str:
+    """How a caption names a pattern: ``with white stripes`` (checks, dots alike), ``with a red half``."""
+    if pattern == "split":
+        return f"with a {colour2} half"
+    return f"with {colour2} {pattern}"
+
+
+def patterned_caption(colour: str, shape: str, pattern: str, colour2: str, background: str | None = None) -> str:
+    """``a red star with white stripes on a blue background`` (without ``on ...`` when ``background`` is None)."""
+    text = f"a {colour} {shape} {pattern_phrase(pattern, colour2)}"
+    return text if background is None else f"{text} on a {background} background"
+
+
 def all_captions() -> list[str]:
     """Every caption of the vocabulary (object colour != background colour), in a fixed order."""
     return [caption(c, s, b) for s in SHAPES for c in COLOUR_NAMES for b in COLOUR_NAMES if b != c]
@@ -132,10 +148,14 @@ class Scene:
         return self.fill.colour
 
     def caption(self) -> str:
-        """The world caption (palette names and vocabulary shapes only)."""
+        """The world caption (palette names and vocabulary shapes only); patterned fills name their pattern."""
         if not (isinstance(self.colour, str) and isinstance(self.background, str) and self.shape in SHAPES):
             raise ValueError("only world scenes (palette colours, vocabulary shapes) have a caption")
-        return caption(self.colour, self.shape, self.background)
+        if self.fill.pattern == "plain":
+            return caption(self.colour, self.shape, self.background)
+        if not isinstance(self.fill.colour2, str):
+            raise ValueError("only patterns in palette colours have a caption")
+        return patterned_caption(self.colour, self.shape, self.fill.pattern, self.fill.colour2, self.background)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,6 +426,82 @@ def world_set(seed: int, count: int) -> tuple[np.ndarray, list[str], list[Scene]
     return render_many(scenes), [s.caption() for s in scenes], scenes
 
 
+#: Patterns that look the same with their two colours swapped (a red star with white stripes is
+#: a white star with red stripes): holding out one look holds out both.
+SYMMETRIC_PATTERNS = frozenset({"stripes", "checks", "split"})
+
+#: One patterned look: ``(shape, pattern, colour, colour2)``.
+Look = tuple[str, str, str, str]
+
+
+def same_look(a: Look, b: Look) -> bool:
+    """Whether two looks draw the same object (colours in either order for symmetric patterns)."""
+    if a[:2] != b[:2]:
+        return False
+    if a[1] in SYMMETRIC_PATTERNS:
+        return {a[2], a[3]} == {b[2], b[3]}
+    return a[2:] == b[2:]
+
+
+def patterned_combinations(held_out: tuple[Look, ...] = ()) -> list[tuple[str, str, str, str, str]]:
+    """Every ``(colour, shape, pattern, colour2, background)`` of the patterned world, fixed order.
+
+    Three different palette colours (object, pattern, background); looks that match one in
+    ``held_out`` (the personalisation subjects') are left out on every background.
+    """
+    combos = []
+    for shape in SHAPES:
+        for pattern in PATTERNS[1:]:
+            for colour in COLOUR_NAMES:
+                for colour2 in COLOUR_NAMES:
+                    if colour2 == colour or any(same_look((shape, pattern, colour, colour2), h) for h in held_out):
+                        continue
+                    combos.extend(
+                        (colour, shape, pattern, colour2, b) for b in COLOUR_NAMES if b not in (colour, colour2)
+                    )
+    return combos
+
+
+def world_fill(rng: np.random.Generator, pattern: str, colour: str, colour2: str) -> Fill:
+    """A pattern for the diffusion model's patterned pictures: coarser than :func:`random_fill`.
+
+    Stripes 15-19 px per period, check cells 9-12 px, dots 13-17 px apart: finer stripes come
+    back from the pocket VAE as a blur of their two colours (14 px horizontal ones did in 9 of
+    10 round trips), and a model trained on blurs would draw blurs.
+    """
+    angle = float(rng.uniform(0.0, 180.0))
+    phase = float(rng.uniform(0.0, 1.0))
+    if pattern == "stripes":
+        return Fill("stripes", colour, colour2, period=float(rng.uniform(15.0, 19.0)), angle=angle, phase=phase)
+    if pattern == "checks":
+        return Fill("checks", colour, colour2, period=float(rng.uniform(9.0, 12.0)), angle=angle, phase=phase)
+    if pattern == "dots":
+        period = float(rng.uniform(13.0, 17.0))
+        return Fill("dots", colour, colour2, period=period, angle=angle, dot_radius=period * 0.3, phase=phase)
+    return random_fill(rng, pattern, colour, colour2)
+
+
+def patterned_world_set(
+    seed: int, count: int, held_out: tuple[Look, ...] = ()
+) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """``count`` pictures of patterned objects with their captions, deterministic from ``seed``.
+
+    The patterned half of the diffusion model's world (:func:`world_set` is the plain one):
+    :func:`patterned_combinations` cycled in a seeded order, as :func:`world_set` cycles its captions.
+    """
+    rng = np.random.default_rng(seed)
+    combos = patterned_combinations(held_out)
+    scenes: list[Scene] = []
+    while len(scenes) < count:
+        for i in rng.permutation(len(combos)):
+            colour, shape, pattern, colour2, background = combos[int(i)]
+            scene = world_scene(rng, shape, colour, background)
+            scenes.append(replace(scene, fill=world_fill(rng, pattern, colour, colour2)))
+            if len(scenes) == count:
+                break
+    return render_many(scenes), [s.caption() for s in scenes], scenes
+
+
 def judge_set(seed: int, count: int) -> tuple[np.ndarray, list[Scene]]:
     rng = np.random.default_rng(seed)
     scenes = [judge_scene(rng) for _ in range(count)]
@@ -432,3 +528,33 @@ def parse_caption(text: str) -> tuple[str, str, str]:
     if colour not in COLOURS or background not in COLOURS or shape not in SHAPES:
         raise ValueError(f"caption outside the vocabulary: {text!r}")
     return colour, shape, background
+
+
+@dataclass(frozen=True)
+class CaptionParts:
+    """What a world caption (plain or patterned) asks for; ``pattern`` is ``plain`` and ``colour2`` None for plain ones."""
+
+    colour: str
+    shape: str
+    background: str
+    pattern: str = "plain"
+    colour2: str | None = None
+
+
+def parse_any_caption(text: str) -> CaptionParts:
+    """The parts of ``a red star on a blue background`` or ``a red star with white stripes on a blue background``."""
+    words = text.split()
+    if len(words) == 7:
+        return CaptionParts(*parse_caption(text))
+    if len(words) < 10 or words[3] != "with":
+        raise ValueError(f"not a world caption: {text!r}")
+    if words[4] == "a":
+        colour2, word, rest = words[5], words[6], words[7:]
+        pattern = "split" if word == "half" else ""
+    else:
+        colour2, pattern, rest = words[4], words[5], words[6:]
+        pattern = pattern if pattern in PATTERNS[1:4] else ""
+    colour, shape, background = parse_caption(" ".join([*words[:3], *rest]))
+    if not pattern or colour2 not in COLOURS:
+        raise ValueError(f"caption outside the vocabulary: {text!r}")
+    return CaptionParts(colour, shape, background, pattern, colour2)

@@ -18,6 +18,7 @@ from .cayley import (
     cayley,
     neumann_terms_within,
     rotate_input_from_raw,
+    rotate_rows,
     rotate_weight,
     rotate_weight_from_raw,
     skew,
@@ -154,25 +155,35 @@ class OFTRotation(nn.Module):
         bias: torch.Tensor | None,
         strength: float = 1.0,
         neumann_terms: int | None = None,
+        transposed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``diag(m) W R^T x + b`` with gradients to ``P`` (and ``m``): the training path.
 
         The ``k x k`` blocks of ``R^T`` are computed once per call (exact, or the Neumann series:
-        :meth:`training_neumann_terms`), then the rotation goes onto the activations or onto the
-        weight, whichever costs less for these shapes (:func:`activation_side_is_cheaper`,
-        backward included when training), as one batched product: see
-        :func:`rotate_input_from_raw` and :func:`rotate_weight_from_raw`.
+        :meth:`training_neumann_terms`), or taken as given in ``transposed`` (at ``strength``,
+        with their gradient path to ``P``: see :class:`~.shared_rotations.SharedRotations`).
+        Then the rotation goes onto the activations or onto the weight, whichever costs less
+        for these shapes (:func:`activation_side_is_cheaper`, backward included when
+        training), as one batched product: see :func:`rotate_input_from_raw` and
+        :func:`rotate_weight_from_raw`.
         """
         weight = weight.to(device=x.device, dtype=x.dtype)
-        P = self.blocks.to(device=x.device)
-        terms = self.training_neumann_terms(neumann_terms, strength)
         tokens = x.numel() // x.shape[-1]
-        if activation_side_is_cheaper(
+        input_side = activation_side_is_cheaper(
             tokens, weight.shape[0], self.k, torch.is_grad_enabled() and self.P.requires_grad
-        ):
-            y = F.linear(rotate_input_from_raw(x, P, strength, terms), weight)
+        )
+        if transposed is not None:
+            if input_side:
+                y = F.linear(rotate_rows(x, transposed), weight)
+            else:
+                y = F.linear(x, rotate_rows(weight, transposed.transpose(-1, -2)))
         else:
-            y = F.linear(x, rotate_weight_from_raw(weight, P, strength, terms))
+            P = self.blocks.to(device=x.device)
+            terms = self.training_neumann_terms(neumann_terms, strength)
+            if input_side:
+                y = F.linear(rotate_input_from_raw(x, P, strength, terms), weight)
+            else:
+                y = F.linear(x, rotate_weight_from_raw(weight, P, strength, terms))
         m = self.magnitude_at(strength)
         if m is not None:
             y = y * m.to(y)

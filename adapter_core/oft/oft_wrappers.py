@@ -19,6 +19,7 @@ from ..linear_wrappers import child_wrapper_factory, group_by_block, split_block
 from ..patch_plan import ChildWrapper
 from .oft_config import OFTConfigError
 from .oft_rotation import OFTRotation
+from .shared_rotations import SharedRotations
 
 #: The child of a wrapper that holds the rotations (left out of ``state_dict``).
 OFT_CHILD = "oft"
@@ -45,23 +46,41 @@ def split_layer_path(path: str) -> tuple[str, str, str]:
 
 
 class RotationMember(nn.Module):
-    """One rotation as a wrapper member: its layer computed through it at strength 1."""
+    """One rotation as a wrapper member: its layer computed through it at strength 1.
 
-    def __init__(self, rotation: OFTRotation, neumann_terms: int | None = None) -> None:
+    With ``shared``, the rotation's ``R^T`` comes from the run's batched solve where that
+    applies (:meth:`SharedRotations.applies`, and the exact transform is in use).
+    """
+
+    def __init__(
+        self, rotation: OFTRotation, neumann_terms: int | None = None, shared: SharedRotations | None = None
+    ) -> None:
         super().__init__()
         self.rotation = rotation
         self.neumann_terms = neumann_terms
+        self.shared = shared
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The rotated layer on ``x`` given its frozen weight and bias."""
-        return self.rotation.linear(x, weight, bias, 1.0, self.neumann_terms)
+        rotation, transposed = self.rotation, None
+        if (
+            self.shared is not None
+            and self.shared.applies(rotation, x.device)
+            and rotation.training_neumann_terms(self.neumann_terms) is None
+        ):
+            transposed = self.shared.transposed(rotation, x.device, x.dtype)
+        return rotation.linear(x, weight, bias, 1.0, self.neumann_terms, transposed)
 
 
 def rotation_wrappers(
     rotations: Mapping[str, OFTRotation], neumann_terms: int | None = None
 ) -> dict[str, dict[str, ChildWrapper]]:
-    """``PatchPlan.child_wrappers`` computing every rotated layer through its rotation: ``{block: {child: factory}}``."""
-    members = {path: RotationMember(rotation, neumann_terms) for path, rotation in rotations.items()}
+    """``PatchPlan.child_wrappers`` computing every rotated layer through its rotation: ``{block: {child: factory}}``.
+
+    On a GPU the rotations' ``R^T`` are solved together per block size (:class:`SharedRotations`).
+    """
+    shared = SharedRotations(rotations.values())
+    members = {path: RotationMember(rotation, neumann_terms, shared) for path, rotation in rotations.items()}
     grouped = group_by_block(members, _untrainable)
     return {
         block: {child: child_wrapper_factory(child, layers, OFT_CHILD) for child, layers in children.items()}

@@ -139,3 +139,99 @@ def test_neumann_error_against_the_exact_transform_stays_under_its_bound(q):
     chosen = neumann_terms_within(q)
     if chosen is not None:
         assert float(torch.linalg.matrix_norm(exact - cayley_neumann(S, chosen), ord=2).max()) <= AUTO_NEUMANN_TOLERANCE
+
+
+def _members(rotations, shared):
+    from taptune.adapter_core.oft.oft_wrappers import RotationMember
+
+    return [RotationMember(r, None, shared) for r in rotations]
+
+
+def _rotated_layers(widths, eps=None, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    config = OFTConfig(r=2) if eps is None else OFTConfig(r=2, coft=True, eps=eps)
+    rotations = [OFTRotation(width, config) for width in widths]
+    with torch.no_grad():
+        for r in rotations:
+            r.P.copy_(torch.randn(r.P.shape, generator=g) * 0.05)
+    weights = [torch.randn(5, width, generator=g) for width in widths]
+    return rotations, weights
+
+
+def test_rotations_solved_together_equal_each_solved_alone():
+    """The batched solve (one Cayley transform per block size, as on a GPU) gives each layer's values and gradients."""
+    from taptune.adapter_core.oft.shared_rotations import SharedRotations
+
+    widths = [112, 160, 112, 96]  # block sizes 56 (twice: one batch), 80, 48
+    rotations, weights = _rotated_layers(widths)
+    g = torch.Generator().manual_seed(4)
+    xs = [torch.randn(2, 7, w, generator=g) for w in widths]
+
+    def run(members):
+        for r in rotations:
+            r.P.grad = None
+        outs = [m.linear(x, w, None) for m, x, w in zip(members, xs, weights, strict=True)]
+        sum((o * o).sum() for o in outs).backward()
+        return [o.detach() for o in outs], [r.P.grad.clone() for r in rotations]
+
+    alone_out, alone_grad = run(_members(rotations, None))
+    shared = SharedRotations(rotations, on_cpu=True)
+    together_out, together_grad = run(_members(rotations, shared))
+    assert len(shared._solved) == 3  # one solve per block size, not per layer
+    for a, b in zip(alone_out + alone_grad, together_out + together_grad, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_shared_solve_is_redone_after_a_backward_pass_and_after_a_step():
+    """Gradient accumulation (two backward passes, no step) and optimiser steps each get a fresh, correct solve."""
+    from taptune.adapter_core.oft.shared_rotations import SharedRotations
+
+    widths = [112, 112]
+    rotations, weights = _rotated_layers(widths)
+    shared = SharedRotations(rotations, on_cpu=True)
+    batched, alone = _members(rotations, shared), _members(rotations, None)
+    optimizer = torch.optim.SGD([r.P for r in rotations], lr=0.5)
+    x = torch.randn(3, 112, generator=torch.Generator().manual_seed(5))
+
+    def loss(members):
+        return sum((m.linear(x, w, None) ** 2).sum() for m, w in zip(members, weights, strict=True))
+
+    for _ in range(2):
+        for _micro in range(2):  # a reused spent graph would raise here
+            loss(batched).backward()
+        grads = [r.P.grad.clone() for r in rotations]
+        optimizer.zero_grad()
+        for _micro in range(2):
+            loss(alone).backward()
+        for a, r in zip(grads, rotations, strict=True):
+            assert float((a - r.P.grad).abs().max()) <= 1e-5 * float(a.abs().max()), float(
+                (a - r.P.grad).abs().max() / a.abs().max()
+            )
+        before = shared._solved[56]
+        optimizer.step()
+        with torch.no_grad():
+            fresh = loss(batched)  # P moved: solved again, and equal to the per-layer path
+            assert shared._solved[56] is not before
+            assert torch.allclose(fresh, loss(alone), rtol=1e-5)
+        optimizer.zero_grad()
+
+
+def test_a_shared_solve_lets_go_of_the_run_when_the_run_ends():
+    """Nothing of a finished run stays reachable through the solve's backward hook (no parameter or gradient kept)."""
+    import gc
+    import weakref
+
+    from taptune.adapter_core.oft.shared_rotations import SharedRotations
+
+    rotations, weights = _rotated_layers([112, 112])
+    shared = SharedRotations(rotations, on_cpu=True)
+    members = _members(rotations, shared)
+    x = torch.randn(3, 112, generator=torch.Generator().manual_seed(6))
+    sum((m.linear(x, w, None) ** 2).sum() for m, w in zip(members, weights, strict=True)).backward()
+    with torch.no_grad():
+        members[0].linear(x, weights[0], None)  # a second, graph-free solve replaces the first
+    sum((m.linear(x, w, None) ** 2).sum() for m, w in zip(members, weights, strict=True)).backward()
+    kept = [weakref.ref(r.P) for r in rotations] + [weakref.ref(shared)]
+    del rotations, shared, members
+    gc.collect()
+    assert all(ref() is None for ref in kept)

@@ -10,7 +10,7 @@ import torch
 
 from taptune.pocket import metrics, world
 from taptune.pocket.judge import WEIGHTS_FILE, Judge, judge_info, label_indices, load_judge, scene_labels
-from taptune.pocket.subjects import SUBJECTS, subject
+from taptune.pocket.subjects import SUBJECTS, subject, subject_looks
 
 
 def test_world_sets_are_deterministic_from_the_seed():
@@ -65,6 +65,43 @@ def test_the_training_world_never_holds_a_patterned_object():
     # ... while every subject photo has pixels of a third colour: a subject is never a world picture.
     for sub in SUBJECTS.values():
         assert _on_segment(sub.photos(), sub.photo_scenes()).min() > 60
+
+
+def test_the_patterned_world_holds_every_look_but_the_subjects():
+    held_out = subject_looks()
+    combos = world.patterned_combinations(held_out)
+    everything = world.patterned_combinations()
+    # 4 shapes x 4 patterns x 6 x 5 colour pairs x 4 backgrounds, less each subject's look on
+    # every background (both colour orders for the symmetric patterns: 8, 8, 8; dots: 4).
+    assert len(everything) == 4 * 4 * 6 * 5 * 4 and len(set(everything)) == len(everything)
+    assert len(everything) - len(combos) == 8 + 8 + 4 + 8
+    for colour, shape, pattern, colour2, background in combos:
+        assert len({colour, colour2, background}) == 3
+        assert not any(world.same_look((shape, pattern, colour, colour2), look) for look in held_out)
+    # the swapped colours of a symmetric pattern are the same look; of dots another one
+    assert ("red", "star", "stripes", "white", "blue") not in combos
+    assert ("white", "star", "stripes", "red", "blue") not in combos
+    assert ("white", "circle", "dots", "blue", "red") in combos
+    assert ("blue", "circle", "dots", "white", "red") not in combos
+
+    images, captions, scenes = world.patterned_world_set(5, 60, held_out)
+    again, again_captions, _ = world.patterned_world_set(5, 60, held_out)
+    assert np.array_equal(images, again) and captions == again_captions
+    for text, scene in zip(captions, scenes, strict=True):
+        parts = world.parse_any_caption(text)
+        assert (parts.colour, parts.shape, parts.pattern, parts.colour2, parts.background) in combos
+        assert text == scene.caption()
+        assert (parts.pattern, parts.colour2) == (scene.fill.pattern, scene.fill.colour2)
+    assert world.patterned_caption("yellow", "triangle", "split", "red", "blue") == (
+        "a yellow triangle with a red half on a blue background"
+    )
+    assert world.parse_any_caption("a red star on a blue background") == world.CaptionParts("red", "star", "blue")
+    for bad in ("a red star with white zigzags on a blue background", "a red star with a white stripes on a blue"):
+        with pytest.raises(ValueError):
+            world.parse_any_caption(bad)
+    # Patterns the pocket VAE keeps: coarser than the judge's and the codec's finest.
+    periods = {p: [s.fill.period for s in scenes if s.fill.pattern == p] for p in ("stripes", "checks", "dots")}
+    assert min(periods["stripes"]) >= 15 and min(periods["checks"]) >= 9 and min(periods["dots"]) >= 13
 
 
 def test_objects_vary_in_size_and_position_and_stay_inside():

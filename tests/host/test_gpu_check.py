@@ -29,6 +29,11 @@ def test_the_gpu_checks_pieces_run_on_the_cpu_and_record_their_results(tmp_path)
         check.run("benchmark", "full_finetune_bf16", lambda: gpu_check.bench_full(model, 64, 2, "bf16"))
         check.run("benchmark", "comfy_lora_r8_fp16", lambda: gpu_check.bench_comfy_lora(model, 64, 2, "fp16"))
         check.run("benchmark", "comfy_lora_r8_bf16", lambda: gpu_check.bench_comfy_lora(model, 64, 2, "bf16"))
+        check.run(
+            "benchmark", "oft_lora_pair_bf16", lambda: gpu_check.bench_oft_lora_pair(model, 64, 2, "bf16", rounds=1)
+        )
+        check.run("benchmark", "profile_coft", lambda: gpu_check.profile_coft(model, 64, 2, "bf16", tmp_path))
+    check.run("benchmark", "oft_inverse", lambda: gpu_check.bench_oft_inverse(torch.device("cpu"), 1))
     check.run("checks", "broken", lambda: {"value": 1 / 0})
     # The LoRA row times ComfyUI's progress bar: the process's own hook (here the test harness's) is back.
     assert comfy.utils.PROGRESS_BAR_HOOK is hook_before
@@ -45,7 +50,15 @@ def test_the_gpu_checks_pieces_run_on_the_cpu_and_record_their_results(tmp_path)
         row = results["benchmark"][name]
         assert row["status"] == "ok" and row["seconds_per_step"] > 0 and len(row["step_seconds"]) == 2
     assert results["benchmark"]["comfy_lora_r8_fp16"]["status"] == "n/a"  # TrainLoraNode trains bf16 or fp32 only
+    pair = results["benchmark"]["oft_lora_pair_bf16"]
+    assert pair["status"] == "ok" and len(pair["coft"]) == len(pair["lora"]) == 1
+    assert pair["ratio"] == pair["oft_seconds_per_step"] / pair["lora_seconds_per_step"]
+    inverse = results["benchmark"]["oft_inverse"]
+    for k in ("k80", "k160", "k192", "k320"):  # every way agrees with the float64 inverse
+        assert all(way["error"] < 1e-5 for way in inverse[k].values()), inverse[k]
+    assert "aten::bmm" in (tmp_path / "oft_profile.txt").read_text()  # the rotations' products were profiled
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| full_finetune | bf16 |" in table and "| oft_solve | pass |" in table
+    assert "| bf16 | " in table.split("alternated")[1] and "| 320 x 320 blocks |" in table
     # The full fine-tuning benchmark gives the model back as it found it: frozen, no gradients.
     assert not any(p.requires_grad or p.grad is not None for p in model.model.diffusion_model.parameters())

@@ -10,8 +10,9 @@
   killed mid-write leaves that folder behind, and the next write into the same folder deletes
   those of processes that no longer run (on POSIX also those whose process id a new process
   took: a running writer holds a lock on its marker). Only folders that prove to be a writer's are deleted:
-  a folder with the writer's marker file in it (or an empty one). A file, or a folder of the
-  user's, whose name merely looks like a temporary folder is never touched.
+  a folder with the writer's marker file in it, an empty one, or one holding nothing but a
+  marker with the start of its name (a writer killed while naming it). A file, or a folder of
+  the user's, whose name merely looks like a temporary folder is never touched.
 * Files get the permissions the umask gives (as any program's new files), not ``0600``, also
   when the library that writes replaced the temporary with a file of its own (safetensors does).
 * New numbered files (``<prefix>_00001.safetensors``) take the prefix literally (glob
@@ -90,16 +91,27 @@ def _writer_gone(path: str, name: str) -> bool:
 
 
 def _is_writers_folder(path: str, name: str) -> bool:
-    """Whether the folder ``path`` is a writer's temporary folder: its marker names it, or it is empty."""
+    """Whether the folder ``path`` is a writer's temporary folder.
+
+    It is when its marker names it, when it holds nothing (the writer was killed between creating
+    the folder and its marker), or when it holds only a marker with the start of its name (killed
+    while writing the marker: the marker is created before anything else goes in).
+    """
+    expected = _marker_text(name)
     try:
         with open(os.path.join(path, TEMP_MARKER), "rb") as marker:
-            return marker.read(len(name) + 1) == _marker_text(name)
+            text = marker.read(len(expected) + 1)
     except OSError:
-        pass
+        text = None
+    if text == expected:
+        return True
     try:
-        return not os.listdir(path)  # killed between creating the folder and its marker
+        entries = os.listdir(path)
     except OSError:
         return False
+    if not entries:
+        return True
+    return text is not None and expected.startswith(text) and entries == [TEMP_MARKER]
 
 
 def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:

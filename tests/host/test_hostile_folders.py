@@ -421,10 +421,28 @@ def test_clean_up_deletes_only_the_writers_own_temporary_folders(tmp_path: Path)
     (stale / "c.safetensors").write_bytes(b"half")
     empty = tmp_path / f".d.{pid}.0b0b0b.taptune-tmp"
     empty.mkdir()
+    # Killed while naming its marker (CI caught this one): only the marker, holding none or part of the name.
+    unnamed = tmp_path / f".e.{pid}.0c0c0c.taptune-tmp"
+    unnamed.mkdir()
+    (unnamed / TEMP_MARKER).write_bytes(b"")
+    half_named = tmp_path / f".f.{pid}.0d0d0d.taptune-tmp"
+    half_named.mkdir()
+    (half_named / TEMP_MARKER).write_text(half_named.name[:5])
+    # A marker that is not the start of the folder's name, or one beside a file of someone's: not a writer's.
+    other_marker = tmp_path / f".g.{pid}.0e0e0e.taptune-tmp"
+    other_marker.mkdir()
+    (other_marker / TEMP_MARKER).write_text("something else")
+    beside = tmp_path / f".h.{pid}.0f0f0f.taptune-tmp"
+    beside.mkdir()
+    (beside / TEMP_MARKER).write_bytes(b"")
+    (beside / "notes.txt").write_text("my notes")
     write_numbered(tmp_path, "next", lambda tmp: Path(tmp).write_text("x"))
     assert (tmp_path / looks_like).read_text() == "mine, saved by the pack"
     assert (theirs / "notes.txt").read_text() == "my notes"
     assert not stale.exists() and not empty.exists()
+    assert not unnamed.exists() and not half_named.exists()
+    assert (other_marker / TEMP_MARKER).read_text() == "something else"
+    assert (beside / "notes.txt").read_text() == "my notes"
     assert (tmp_path / "next_00001.safetensors").is_file()
 
 

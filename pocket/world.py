@@ -320,24 +320,33 @@ def world_scene(
     return Scene(shape, Fill("plain", colour), background, cx, cy, radius, _angle(rng, shape))
 
 
-def random_fill(rng: np.random.Generator, pattern: str, colour: Colour, colour2: Colour | None) -> Fill:
-    """A fill of ``pattern`` with random geometry.
+#: Period ranges (px) of the judge's patterns, per pattern; a dot's radius is 0.3 of its period.
+JUDGE_PERIODS: dict[str, tuple[float, float]] = {"stripes": (11.0, 17.0), "checks": (8.0, 12.0), "dots": (11.0, 15.0)}
+#: The diffusion model's patterned pictures: coarser (see :func:`world_fill`).
+WORLD_PERIODS: dict[str, tuple[float, float]] = {"stripes": (15.0, 19.0), "checks": (9.0, 12.0), "dots": (13.0, 17.0)}
+
+
+def random_fill(
+    rng: np.random.Generator,
+    pattern: str,
+    colour: Colour,
+    colour2: Colour | None,
+    periods: dict[str, tuple[float, float]] = JUDGE_PERIODS,
+) -> Fill:
+    """A fill of ``pattern`` with random geometry, its period drawn from ``periods``.
 
     Coarse on purpose: a latent pixel covers 8x8 picture pixels, so patterns much finer than
-    that cannot pass through a 4-channel VAE of this size (stripes 11-17 px per period,
-    check cells 8-12 px, dots 11-15 px apart).
+    that cannot pass through a 4-channel VAE of this size (the judge's stripes 11-17 px per
+    period, check cells 8-12 px, dots 11-15 px apart).
     """
     if pattern == "plain":
         return Fill("plain", colour)
     angle = float(rng.uniform(0.0, 180.0))
     phase = float(rng.uniform(0.0, 1.0))
-    if pattern == "stripes":
-        return Fill("stripes", colour, colour2, period=float(rng.uniform(11.0, 17.0)), angle=angle, phase=phase)
-    if pattern == "checks":
-        return Fill("checks", colour, colour2, period=float(rng.uniform(8.0, 12.0)), angle=angle, phase=phase)
-    if pattern == "dots":
-        period = float(rng.uniform(11.0, 15.0))
-        return Fill("dots", colour, colour2, period=period, angle=angle, dot_radius=period * 0.3, phase=phase)
+    if pattern in periods:
+        period = float(rng.uniform(*periods[pattern]))
+        dots = {"dot_radius": period * 0.3} if pattern == "dots" else {}
+        return Fill(pattern, colour, colour2, period=period, angle=angle, phase=phase, **dots)
     if pattern == "split":
         return Fill("split", colour, colour2, angle=angle)
     raise ValueError(pattern)
@@ -463,22 +472,13 @@ def patterned_combinations(held_out: tuple[Look, ...] = ()) -> list[tuple[str, s
 
 
 def world_fill(rng: np.random.Generator, pattern: str, colour: str, colour2: str) -> Fill:
-    """A pattern for the diffusion model's patterned pictures: coarser than :func:`random_fill`.
+    """A pattern for the diffusion model's patterned pictures: coarser than the judge's.
 
-    Stripes 15-19 px per period, check cells 9-12 px, dots 13-17 px apart: finer stripes come
-    back from the pocket VAE as a blur of their two colours (14 px horizontal ones did in 9 of
-    10 round trips), and a model trained on blurs would draw blurs.
+    Stripes 15-19 px per period, check cells 9-12 px, dots 13-17 px apart (:data:`WORLD_PERIODS`):
+    finer stripes come back from the pocket VAE as a blur of their two colours (14 px horizontal
+    ones did in 9 of 10 round trips), and a model trained on blurs would draw blurs.
     """
-    angle = float(rng.uniform(0.0, 180.0))
-    phase = float(rng.uniform(0.0, 1.0))
-    if pattern == "stripes":
-        return Fill("stripes", colour, colour2, period=float(rng.uniform(15.0, 19.0)), angle=angle, phase=phase)
-    if pattern == "checks":
-        return Fill("checks", colour, colour2, period=float(rng.uniform(9.0, 12.0)), angle=angle, phase=phase)
-    if pattern == "dots":
-        period = float(rng.uniform(13.0, 17.0))
-        return Fill("dots", colour, colour2, period=period, angle=angle, dot_radius=period * 0.3, phase=phase)
-    return random_fill(rng, pattern, colour, colour2)
+    return random_fill(rng, pattern, colour, colour2, WORLD_PERIODS)
 
 
 def patterned_world_set(

@@ -9,6 +9,7 @@ Notation: ``e(x)`` is the judge's L2-normalised embedding of picture ``x``
       fidelity = 1/(n m) * sum_i sum_j cos(g_i, r_j)
       subject_rate = 1/n * #{i : read(g_i) shows the subject's pattern in the subject's two colours}
       pattern_rate = 1/n * #{i : read(g_i).pattern == the subject's pattern kind}
+      colour_pair_rate = 1/n * #{i : read(g_i) has the subject's two colours, any pattern}
 
 * **Prior preservation**, for class prompts (``a <class>``, ``a red <class> on a blue
   background``) sampled with the same seeds before (``b_i``) and after (``a_i``) training::
@@ -113,7 +114,19 @@ def caption_accuracy(readings: Sequence[Reading], asked: Sequence[tuple[str, str
 
 def shows_subject(reading: Reading, pattern: str, colours: Sequence[str]) -> bool:
     """The judge sees the subject: its pattern kind in its two colours (in either order)."""
-    return reading["pattern"] == pattern and {reading["colour"], reading["colour2"]} == set(colours)
+    return reading["pattern"] == pattern and has_colour_pair(reading, colours)
+
+
+def has_colour_pair(reading: Reading, colours: Sequence[str]) -> bool:
+    """The judge reads the subject's two colours (in either order), whatever the pattern."""
+    return {reading["colour"], reading["colour2"]} == set(colours)
+
+
+def colour_pair_rate(readings: Sequence[Reading], colours: Sequence[str]) -> float:
+    """Share of readings that :func:`has_colour_pair`: the subject's colours apart from its pattern."""
+    if not readings:
+        raise ValueError("no readings")
+    return sum(has_colour_pair(r, colours) for r in readings) / len(readings)
 
 
 def subject_rate(readings: Sequence[Reading], pattern: str, colours: Sequence[str]) -> float:
@@ -173,6 +186,7 @@ def evaluate_subject(
             "fidelity": mean_pairwise_cosine(judge.embed(fid_all), real),
             "subject_rate": subject_rate(fid_read, subject.pattern, colours),
             "pattern_rate": rate(fid_read, "pattern", subject.pattern),
+            "colour_pair_rate": colour_pair_rate(fid_read, colours),
             "alignment": prompt_alignment(align_read, asked),
             "alignment_subject_rate": subject_rate(align_read, subject.pattern, colours),
             "alignment_fidelity": mean_pairwise_cosine(judge.embed(align_all), real),

@@ -241,6 +241,11 @@ def test_the_subject_is_its_pattern_in_its_two_colours():
     assert not metrics.shows_subject({**seen, "colour2": "blue"}, "stripes", ("red", "white"))
     assert not metrics.shows_subject({**seen, "pattern": "checks"}, "stripes", ("red", "white"))
     assert metrics.subject_rate([seen, {**seen, "pattern": "plain"}], "stripes", ("red", "white")) == 0.5
+    # the colour pair alone, whatever the pattern: checks in red and white count, red and blue do not
+    pairs = [seen, {**seen, "pattern": "checks"}, {**seen, "colour2": "blue"}, {**seen, "colour2": "none"}]
+    assert metrics.colour_pair_rate(pairs, ("white", "red")) == 0.5
+    with pytest.raises(ValueError):
+        metrics.colour_pair_rate([], ("red", "white"))
 
 
 #: Constructed pictures carry a code in their first pixel: (pattern, colour, colour2, background).
@@ -292,6 +297,7 @@ def test_evaluate_subject_on_constructed_pictures():
     base, trained = out["base"], out["trained"]
     assert base["fidelity"] == pytest.approx(0.0) and trained["fidelity"] == pytest.approx(1.0)
     assert base["subject_rate"] == 0.0 and trained["subject_rate"] == 1.0
+    assert base["colour_pair_rate"] == 0.0 and trained["colour_pair_rate"] == 1.0
     # every alignment picture reads blue, except green's: the blue and green prompts read as asked
     assert prompts.alignment_backgrounds == ("green", "blue", "yellow", "black")
     assert trained["alignment"] == pytest.approx(2 / 4)

@@ -93,9 +93,10 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         result[key] = statistics.fmean(float(r[key]) for r in rows)
         result[f"{key}_worst"] = worst
         result[f"{key}_ok"] = worst >= bound if at_least else worst <= bound
-    # Apart, what the subject rate joins: the pattern kind, and the two colours whatever the pattern
-    # (rows written before the colour pair was measured give nan, not a false zero).
-    for key in ("pattern_rate", "colour_pair_rate"):
+    # Apart, what the subject rate joins: the pattern kind, and the two colours whatever the pattern;
+    # and what it does not ask, the class's shape (rows written before a measure existed give nan,
+    # not a false zero).
+    for key in ("pattern_rate", "colour_pair_rate", "shape_rate"):
         result[key] = statistics.fmean(float(r.get(key, math.nan)) for r in rows)
     result["all_ok"] = all(result[f"{key}_ok"] for key, _, _ in BOUNDS)
     return result
@@ -103,9 +104,9 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(out: Path, grid: list[Setting], subjects: list[str], seeds: list[int]) -> str:
     lines = [
-        "| setting | jobs | subject (worst) | pattern | colours | fidelity | drift (worst) | leak (worst) "
+        "| setting | jobs | subject (worst) | pattern | colours | shape | fidelity | drift (worst) | leak (worst) "
         "| alignment (worst) | s/step | bounds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setting in grid:
         rows = [
@@ -119,7 +120,7 @@ def table(out: Path, grid: list[Setting], subjects: list[str], seeds: list[int])
         v = verdict(rows)
         lines.append(
             f"| {setting.slug} | {v['jobs']} | {v['subject_rate']:.2f} ({v['subject_rate_worst']:.2f}) | "
-            f"{v['pattern_rate']:.2f} | {v['colour_pair_rate']:.2f} | "
+            f"{v['pattern_rate']:.2f} | {v['colour_pair_rate']:.2f} | {v['shape_rate']:.2f} | "
             f"{v['fidelity']:.3f} | {v['drift']:.3f} ({v['drift_worst']:.3f}) | {v['leak']:.2f} ({v['leak_worst']:.2f}) | "
             f"{v['alignment']:.2f} ({v['alignment_worst']:.2f}) | {v['seconds_per_step']:.3f} | "
             + ("all hold" if v["all_ok"] else ", ".join(k for k, _, _ in BOUNDS if not v[f"{k}_ok"]) + " miss")
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             write_row(result_file(args.out, setting, subject, seed), {**row, "setting": setting.slug})
             print(
                 f"[{i + 1}/{len(todo)}] {setting.slug} / {subject} / seed {seed}: subject {row['subject_rate']:.2f} "
-                f"(pattern {row['pattern_rate']:.2f}, colours {row['colour_pair_rate']:.2f}) "
+                f"(pattern {row['pattern_rate']:.2f}, colours {row['colour_pair_rate']:.2f}, shape {row['shape_rate']:.2f}) "
                 f"fidelity {row['fidelity']:.3f} drift {row['drift']:.3f} leak {row['leak']:.2f} "
                 f"alignment {row['alignment']:.2f}  ({time.perf_counter() - t0:.0f} s)",
                 flush=True,

@@ -10,6 +10,7 @@ Notation: ``e(x)`` is the judge's L2-normalised embedding of picture ``x``
       subject_rate = 1/n * #{i : read(g_i) shows the subject's pattern in the subject's two colours}
       pattern_rate = 1/n * #{i : read(g_i).pattern == the subject's pattern kind}
       colour_pair_rate = 1/n * #{i : read(g_i) has the subject's two colours, any pattern}
+      shape_rate = 1/n * #{i : read(g_i).shape == the subject's class}   (the subject rate does not ask it)
 
 * **Prior preservation**, for class prompts (``a <class>``, ``a red <class> on a blue
   background``) sampled with the same seeds before (``b_i``) and after (``a_i``) training::
@@ -65,12 +66,17 @@ def paired_drift(after: Any, before: Any) -> float:
 
 def rate(readings: Sequence[Reading], key: str, value: str | Sequence[str]) -> float:
     """Share of readings whose ``key`` equals ``value`` (one value, or one per reading)."""
-    if not readings:
-        raise ValueError("no readings")
     values = [value] * len(readings) if isinstance(value, str) else list(value)
     if len(values) != len(readings):
         raise ValueError("one asked value per reading")
-    return sum(r[key] == v for r, v in zip(readings, values, strict=True)) / len(readings)
+    return _share(list(zip(readings, values, strict=True)), lambda pair: pair[0][key] == pair[1])
+
+
+def _share(items: Sequence[Any], holds: Callable[[Any], bool]) -> float:
+    """Share of ``items`` for which ``holds`` is true; an empty list has no share."""
+    if not items:
+        raise ValueError("no readings")
+    return sum(bool(holds(item)) for item in items) / len(items)
 
 
 def prompt_alignment(readings: Sequence[Reading], asked_backgrounds: Sequence[str]) -> float:
@@ -94,18 +100,15 @@ def caption_accuracy(readings: Sequence[Reading], asked: Sequence[tuple[str, str
     """Per-attribute and all-three match rates; ``asked`` holds (colour, shape, background) per picture."""
     if len(readings) != len(asked) or not readings:
         raise ValueError("one asked caption per reading, at least one")
-    n = len(readings)
-    shape = sum(r["shape"] == a[1] for r, a in zip(readings, asked, strict=True)) / n
-    colour = sum(r["colour"] == a[0] for r, a in zip(readings, asked, strict=True)) / n
-    background = sum(r["background"] == a[2] for r, a in zip(readings, asked, strict=True)) / n
-    every = (
-        sum(
-            r["shape"] == a[1] and r["colour"] == a[0] and r["background"] == a[2]
-            for r, a in zip(readings, asked, strict=True)
-        )
-        / n
-    )
-    return CaptionAccuracy(shape, colour, background, every, n)
+    pairs = list(zip(readings, asked, strict=True))
+    fields = ("colour", "shape", "background")  # the order of each asked triple
+
+    def matches(pair: tuple[Reading, tuple[str, str, str]], field: str) -> bool:
+        return pair[0][field] == pair[1][fields.index(field)]
+
+    rates = {f: _share(pairs, lambda p, f=f: matches(p, f)) for f in fields}
+    every = _share(pairs, lambda p: all(matches(p, f) for f in fields))
+    return CaptionAccuracy(rates["shape"], rates["colour"], rates["background"], every, len(pairs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,16 +127,12 @@ def has_colour_pair(reading: Reading, colours: Sequence[str]) -> bool:
 
 def colour_pair_rate(readings: Sequence[Reading], colours: Sequence[str]) -> float:
     """Share of readings that :func:`has_colour_pair`: the subject's colours apart from its pattern."""
-    if not readings:
-        raise ValueError("no readings")
-    return sum(has_colour_pair(r, colours) for r in readings) / len(readings)
+    return _share(readings, lambda r: has_colour_pair(r, colours))
 
 
 def subject_rate(readings: Sequence[Reading], pattern: str, colours: Sequence[str]) -> float:
     """Share of readings that :func:`shows_subject`."""
-    if not readings:
-        raise ValueError("no readings")
-    return sum(shows_subject(r, pattern, colours) for r in readings) / len(readings)
+    return _share(readings, lambda r: shows_subject(r, pattern, colours))
 
 
 @dataclass(frozen=True)
@@ -187,6 +186,7 @@ def evaluate_subject(
             "subject_rate": subject_rate(fid_read, subject.pattern, colours),
             "pattern_rate": rate(fid_read, "pattern", subject.pattern),
             "colour_pair_rate": colour_pair_rate(fid_read, colours),
+            "shape_rate": rate(fid_read, "shape", subject.shape),
             "alignment": prompt_alignment(align_read, asked),
             "alignment_subject_rate": subject_rate(align_read, subject.pattern, colours),
             "alignment_fidelity": mean_pairwise_cosine(judge.embed(align_all), real),

@@ -263,7 +263,10 @@ class _ConstructedJudge:
         out = []
         for p in torch.as_tensor(pictures):
             pattern, colour, colour2, background = CODES[int(p[0, 0, 0])]
-            out.append({"pattern": pattern, "colour": colour, "colour2": colour2, "background": background})
+            shape = "star" if int(p[0, 0, 0]) == 1 else "circle"  # only the subject's code draws its class
+            out.append(
+                {"pattern": pattern, "colour": colour, "colour2": colour2, "background": background, "shape": shape}
+            )
         return out
 
     def embed(self, pictures):
@@ -298,8 +301,29 @@ def test_evaluate_subject_on_constructed_pictures():
     assert base["fidelity"] == pytest.approx(0.0) and trained["fidelity"] == pytest.approx(1.0)
     assert base["subject_rate"] == 0.0 and trained["subject_rate"] == 1.0
     assert base["colour_pair_rate"] == 0.0 and trained["colour_pair_rate"] == 1.0
+    assert base["shape_rate"] == 0.0 and trained["shape_rate"] == 1.0
     # every alignment picture reads blue, except green's: the blue and green prompts read as asked
     assert prompts.alignment_backgrounds == ("green", "blue", "yellow", "black")
     assert trained["alignment"] == pytest.approx(2 / 4)
     assert trained["leak"] == pytest.approx(0.5) and trained["leak_before"] == 0.0  # one of two class prompts
     assert trained["drift"] == pytest.approx(0.5)  # half the class pictures turned orthogonal
+
+
+def test_scaling_unused_token_rows_keeps_the_used_rows_and_matches_their_scale():
+    from devtools.pocket_tokens import scale_unused_rows
+
+    generator = torch.Generator().manual_seed(0)
+    table = (torch.randn(200, 16, generator=generator) * 0.04).half()
+    used = {0, 3, 7, 50}
+    table[sorted(used)] *= 2
+    scaled, factor = scale_unused_rows(table, used)
+    assert scaled.dtype == table.dtype and factor > 1.5
+    assert torch.equal(scaled[sorted(used)], table[sorted(used)])
+    others = [i for i in range(200) if i not in used]
+    norms = scaled.float().norm(dim=1)
+    assert abs(float(norms[others].median() / norms[sorted(used)].median()) - 1) < 0.01
+    torch.testing.assert_close(scaled[others].float(), table[others].float() * factor, atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError):
+        scale_unused_rows(table, set())
+    with pytest.raises(ValueError):
+        scale_unused_rows(table, set(range(200)))

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.pocket_recipe [--methods tap coft] [--steps 400 1000] [--lr 2e-3 5e-3]
                                             [--prior-weight 1] [--eps 0.001] [--class-data class varied]
                                             [--prior-target class_images base_model]
+                                            [--trigger-prior 0 10]
                                             [--subjects ...] [--seeds 0]
                                             [--shard K/N] [--table]
 
@@ -54,7 +55,8 @@ class Setting:
         name = "tap" if m.family == "tap" else ("coft" if m.coft else "oft")
         data = "" if m.class_data == "class" else f"_{m.class_data}"
         target = "" if m.prior_target == "class_images" else "_teacher"
-        return f"{name}{eps}_steps{m.steps}_lr{m.learning_rate:g}_pw{m.prior_loss_weight:g}{data}{target}"
+        trigger = f"_tw{m.trigger_word_prior:g}" if m.trigger_word_prior else ""
+        return f"{name}{eps}_steps{m.steps}_lr{m.learning_rate:g}_pw{m.prior_loss_weight:g}{data}{target}{trigger}"
 
 
 def settings_grid(args: argparse.Namespace) -> list[Setting]:
@@ -62,14 +64,20 @@ def settings_grid(args: argparse.Namespace) -> list[Setting]:
     out = []
     for family in args.methods:
         epss = args.eps if family == "coft" else [0.0]
-        for eps, steps, lr, weight, data, target in itertools.product(
-            epss, args.steps, args.lr, args.prior_weight, args.class_data, args.prior_target
+        for eps, steps, lr, weight, data, target, trigger in itertools.product(
+            epss, args.steps, args.lr, args.prior_weight, args.class_data, args.prior_target, args.trigger_prior
         ):
             if family == "tap":
                 base = Method("tap attn2o->ffni", "tap", lr, "attn2o", "ffni")
             else:
                 base = Method(f"COFT r=4, eps {eps:g}", "oft", lr, coft=True, eps=eps)
-            changes = {"steps": steps, "prior_loss_weight": weight, "class_data": data, "prior_target": target}
+            changes = {
+                "steps": steps,
+                "prior_loss_weight": weight,
+                "class_data": data,
+                "prior_target": target,
+                "trigger_word_prior": trigger,
+            }
             out.append(Setting(replace(base, **changes)))
     return out
 
@@ -149,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=("class_images", "base_model"),
         default=["class_images"],
         help="the class term's target: the class images (DreamBooth) or the base model's own prediction",
+    )
+    parser.add_argument(
+        "--trigger-prior",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="weights of the trigger word's own prior (TrainSettings.trigger_word_prior; 0: off)",
     )
     parser.add_argument("--subjects", nargs="+", default=list(SUBJECTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -83,6 +83,8 @@ class Method:
     class_data: str = "class"
     #: The class term's target (``TrainSettings.prior_target``): class_images or base_model.
     prior_target: str = "class_images"
+    #: ``TrainSettings.trigger_word_prior``: weight of the trigger word's own prior (0: off).
+    trigger_word_prior: float = 0.0
 
     def steps_in(self, ctx: Context) -> int:
         """The steps this method trains for in a run of ``ctx``."""
@@ -222,6 +224,7 @@ def _training_settings(ctx: Context, method: Method, seed: int) -> Any:
         seed=seed,
         prior_loss_weight=method.prior_loss_weight,
         prior_target=method.prior_target,
+        trigger_word_prior=method.trigger_word_prior,
         resolution=64,
         resize_mode="none",
     )

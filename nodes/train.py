@@ -139,6 +139,7 @@ def training_settings(
         resolution=bounded_integer(values.get("resolution", 512), "resolution", 64, 4096),
         resize_mode=extra["resize_mode"],
         prior_target=extra["prior_target"],
+        trigger_word_prior=extra["trigger_word_prior"],
         gradient_accumulation=extra["gradient_accumulation"],
         lr_schedule=extra["lr_schedule"],
         warmup_steps=extra["warmup_steps"],
@@ -325,6 +326,7 @@ def _used(settings: TrainSettings, result: Any, trained: Any, model: Any) -> dic
         "trainable_parameters": trained.adapter_set.num_parameters(),
         "resolution": settings.resolution,
         "prior_target": settings.prior_target,
+        "trigger_word_prior": settings.trigger_word_prior,
         "seed": settings.seed,
     }
 
@@ -335,6 +337,7 @@ def _summary(used: dict[str, Any]) -> str:
         f" x {used['gradient_accumulation']} accumulation, {used['precision']}, "
         f"{used['trainable_parameters']:,} trainable parameters, {used['resolution']} px, seed {used['seed']}"
         + (", the base model as the prior's target" if used.get("prior_target") == "base_model" else "")
+        + (f", trigger word prior {used['trigger_word_prior']:g}" if used.get("trigger_word_prior") else "")
     )
 
 

@@ -47,3 +47,34 @@ def trigger_and_class_words(instance_prompt: str, class_prompt: str) -> tuple[st
     extra = [w for w in _words(first) if w not in class_words and w not in _FILLER]
     content = [w for w in class_words if w not in _FILLER]
     return (extra[0] if extra else ""), (content[-1] if content else "")
+
+
+def without_word(prompt: str, word: str) -> str:
+    """``prompt`` with every whole-word, case-insensitive occurrence of ``word`` taken out (spaces tidied)."""
+    pattern = re.compile(rf"(?<![\w'-]){re.escape(word)}(?![\w'-])", re.IGNORECASE)
+    return " ".join(pattern.sub(" ", prompt).split())
+
+
+def trigger_word_pairs(instance_prompts: list[str], trigger_word: str) -> dict[str, str]:
+    """Each instance prompt and the same prompt without the trigger word (the trigger word's prior).
+
+    Raises :class:`TrainingInputError` when there is no trigger word or a prompt lacks it: the prior
+    teaches that the subject comes with that word, so every instance prompt must hold it.
+    """
+    if not trigger_word:
+        raise TrainingInputError(
+            "instance_prompt",
+            "trigger_word_prior needs a trigger word: a word of the instance prompt that the class prompt lacks "
+            "(sks in 'a photo of sks dog' against 'a photo of dog'); give one, or set trigger_word_prior to 0",
+        )
+    pairs: dict[str, str] = {}
+    for number, prompt in enumerate(instance_prompts, start=1):
+        stripped = without_word(prompt, trigger_word)
+        if stripped == " ".join(prompt.split()):
+            raise TrainingInputError(
+                "instance_prompt",
+                f"line {number} ({prompt[:60]!r}) lacks the trigger word {trigger_word!r}, which trigger_word_prior "
+                "takes out of every instance prompt; add it to that line, or set trigger_word_prior to 0",
+            )
+        pairs[prompt] = stripped
+    return pairs

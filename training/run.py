@@ -52,6 +52,7 @@ def trained_adapter(result: TrainResult, model: Any, inputs: RunInputs) -> Train
         "class_prompt": inputs.classes.prompt,
         "prior_loss_weight": settings.prior_loss_weight,
         "prior_target": settings.prior_target,
+        "trigger_word_prior": settings.trigger_word_prior,
     }
     if result.cancelled:
         info["cancelled_at_step"] = result.steps_done

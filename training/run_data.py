@@ -55,12 +55,14 @@ def run_defining_settings(s: TrainSettings) -> dict[str, Any]:
     """The settings that define a run (and its key), by name.
 
     A setting added later enters only when it is not at its default (and matters: the prior's
-    target only with a prior), so runs made before it existed keep their keys (their
+    target only with a prior; the trigger word's prior when on), so runs made before it existed keep their keys (their
     checkpoints still resume).
     """
     out = {k: getattr(s, k) for k in RUN_DEFINING_SETTINGS}
     if s.prior_target != "class_images" and s.prior_loss_weight > 0:
         out["prior_target"] = s.prior_target
+    if s.trigger_word_prior > 0:
+        out["trigger_word_prior"] = s.trigger_word_prior
     return out
 
 

@@ -33,6 +33,9 @@ class TrainSettings:
     #: What the class images' term compares with: ``class_images`` (DreamBooth's loss: the clean
     #: class image) or ``base_model`` (the base model's own prediction on the same noisy input).
     prior_target: str = "class_images"
+    #: Weight of the trigger word's own prior: the instance latents, noised as for the instance term,
+    #: with the trigger word taken out of their prompts, keep the base model's prediction (0: off).
+    trigger_word_prior: float = 0.0
     gradient_accumulation: int = 1
     lr_schedule: str = "constant"
     warmup_steps: int = 0
@@ -78,6 +81,7 @@ def check_settings(s: TrainSettings, learning_rate: float) -> None:
     _integer("resolution", s.resolution, 8, MAX_RESOLUTION)
     _number("learning_rate", learning_rate, 1e-12, 10.0)
     _number("prior_loss_weight", s.prior_loss_weight, 0.0, 1000.0)
+    _number("trigger_word_prior", s.trigger_word_prior, 0.0, 1000.0)
     _number("weight_decay", s.weight_decay, 0.0, 10.0)
     for name, value, allowed in (
         ("optimizer", s.optimizer, OPTIMIZERS),

@@ -2,7 +2,8 @@
 
 Each step draws ``batch_size`` instance latents (with their prompts) and as many class latents
 (with the class prompt), gives every sample its own timestep and noise, and minimises
-``instance error + prior_loss_weight * class error`` on the model's own prediction; only the
+``instance error + prior_loss_weight * class error`` on the model's own prediction (plus, with
+``trigger_word_prior``, the trigger word's own prior on the instance latents); only the
 adapter's parameters train. What differs between kinds (which parameter group each
 :class:`~..adapter_core.kind.Phase` trains, what runs after each step, how the model computes
 through the adapters) comes from the spec.
@@ -50,7 +51,7 @@ from .optimisation import (
     loss_scaler,
     phase_at,
 )
-from .prompts import prompts_for_images, trigger_and_class_words
+from .prompts import prompts_for_images, trigger_and_class_words, trigger_word_pairs
 from .run_data import RunData, check_data, prepare_run_data
 from .run_inputs import RunInputs
 from .run_result import TrainResult, frozen_except
@@ -64,6 +65,12 @@ log = logging.getLogger("taptune.training")
 
 #: (step, total steps, loss of the step, preview image or None)
 Reporter = Callable[[int, int, float, Image.Image | None], None]
+
+
+def _spans(counts: list[int]) -> list[slice]:
+    """Consecutive row ranges of ``counts`` rows each."""
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return [slice(start, start + count) for start, count in zip(starts, counts, strict=True)]
 
 
 class DreamBoothTrainer:
@@ -103,6 +110,10 @@ class DreamBoothTrainer:
         self.instance_images = instance_images
         self.class_images = class_images or []
         self.trigger_word, self.class_word = trigger_and_class_words(instance_prompt, class_prompt)
+        #: instance prompt -> the same without the trigger word; empty while trigger_word_prior is 0.
+        self.trigger_pairs: dict[str, str] = (
+            trigger_word_pairs(self.instance_prompts, self.trigger_word) if settings.trigger_word_prior > 0 else {}
+        )
         self.view = model_view(model)
         try:
             with torch.inference_mode(False):  # trainable parameters must not be inference tensors
@@ -131,7 +142,7 @@ class DreamBoothTrainer:
             self.spec.training_plan(self.adapter_set, self.view),
             gradient_checkpointing=s.gradient_checkpointing,
         )
-        batch = s.batch_size * (2 if s.prior_loss_weight > 0 else 1)
+        batch = s.batch_size * (1 + (s.prior_loss_weight > 0) + (s.trigger_word_prior > 0))
         memory = training_memory(
             train_model, [batch, *data.latent_shape], self.adapter_set.num_parameters(), s.gradient_checkpointing
         )
@@ -310,21 +321,39 @@ class DreamBoothTrainer:
                 latents, sigma, x_t = latents[rows], sigma[rows], x_t[rows]
                 prompts = [prompts[i] for i in rows.tolist()]
                 counts = [len(range(count)[self.sync.shard(count)]) for count in counts]
+            spans = dict(zip(group, _spans(counts), strict=True))
+            if self.trigger_pairs and "instance" in spans:
+                # The instance images once more, with the trigger word taken out of their prompts and noise of
+                # their own (drawn for the whole batch, as above): only that word may bring the subject.
+                pair = batches["instance"]
+                pair_latents = pair.latents.to(self.device)
+                pair_sigma = sample_sigmas(sampling, pair_latents.shape[0], self.generator).to(self.device)
+                pair_noise = torch.randn(pair_latents.shape, generator=self.generator).to(self.device)
+                pair_prompts = [self.trigger_pairs[p] for p in pair.prompts]
+                if self.sync.world_size > 1:
+                    rows = self._rows([pair_latents.shape[0]])
+                    pair_latents, pair_sigma, pair_noise = pair_latents[rows], pair_sigma[rows], pair_noise[rows]
+                    pair_prompts = [pair_prompts[i] for i in rows.tolist()]
+                spans["trigger"] = slice(x_t.shape[0], x_t.shape[0] + pair_latents.shape[0])
+                latents, sigma = torch.cat([latents, pair_latents]), torch.cat([sigma, pair_sigma])
+                x_t = torch.cat([x_t, noisy_latents(sampling, pair_sigma, pair_noise, pair_latents)])
+                prompts = prompts + pair_prompts
             inputs = conds.batch(prompts, tuple(latents.shape[1:]))
             options = dict(model.model_options.get("transformer_options", {}))
             with self._autocast():
                 denoised = model.model.apply_model(x_t, sigma, transformer_options=options, **inputs)
             error = prediction_error(sampling, sigma, x_t, denoised, latents)
-            offset = 0
-            for n, count in zip(group, counts, strict=True):
-                rows = slice(offset, offset + count)
-                if n == "class" and self.settings.prior_target == "base_model":
+            for n, rows in spans.items():
+                if n == "trigger" or (n == "class" and self.settings.prior_target == "base_model"):
                     teacher = self._base_prediction(model, conds, x_t[rows], sigma[rows], prompts[rows], options)
                     errors[n] = prediction_error(sampling, sigma[rows], x_t[rows], denoised[rows], teacher)
                 else:
                     errors[n] = error[rows]
-                offset += count
-        return prior_preservation_loss(errors["instance"], errors.get("class"), self.settings.prior_loss_weight)
+        s = self.settings
+        loss = prior_preservation_loss(errors["instance"], errors.get("class"), s.prior_loss_weight)
+        if "trigger" in errors:
+            loss = loss + s.trigger_word_prior * errors["trigger"].mean()
+        return loss
 
     def _base_prediction(
         self,

@@ -61,6 +61,25 @@ def test_prior_preservation_keeps_the_class_prediction_closer_to_the_base(sd15):
     assert drift[1.0] < 0.75 * drift[0.0], drift
 
 
+def test_the_trigger_word_prior_keeps_the_prompt_without_the_trigger_word(sd15):
+    """``trigger_word_prior``: the instance images with the trigger word taken out of their prompt keep the
+    base model's prediction, so the adapter changes what ``a photo of dog`` computes on them far less,
+    while ``a photo of sks dog`` still learns them (more slowly: on this random model the two prompts
+    differ little, so most of what the adapter may change is held)."""
+    model, clip, vae = sd15
+    before = denoising_error(model, clip, vae, INSTANCE, "a photo of sks dog")
+    drift, learnt = {}, {}
+    for weight in (0.0, 10.0):
+        result = train(sd15, tap_spec(), INSTANCE, steps=40, batch_size=3, trigger_word_prior=weight)
+        adapted = apply_adapter_set(model, result.adapter_set)
+        drift[weight] = sum(
+            prediction_drift(adapted, model, clip, vae, INSTANCE, "a photo of dog", s) for s in range(4)
+        )
+        learnt[weight] = denoising_error(adapted, clip, vae, INSTANCE, "a photo of sks dog")
+    assert drift[10.0] < 0.5 * drift[0.0], drift
+    assert learnt[10.0] < 0.95 * before, (before, learnt)
+
+
 def test_same_seed_same_weights_and_checkpointing_changes_nothing(sd15):
     first = train(sd15, tap_spec(16), INSTANCE, CLASSES, steps=3, prior_loss_weight=1.0)
     second = train(sd15, tap_spec(16), INSTANCE, CLASSES, steps=3, prior_loss_weight=1.0)
@@ -169,6 +188,12 @@ def test_mixed_precision_runs_with_fp32_master_weights(sd15, precision, kind):
         ("no_class_prompt", "class_prompt", "prior preservation is on"),
         ("no_class_images", "class_images", "no class images are connected"),
         ("prompt_lines", "instance_prompt", "has 2 lines but there are 3 images"),
+        ("no_trigger_word", "instance_prompt", "trigger_word_prior needs a trigger word"),
+        (
+            "a_line_without_the_trigger_word",
+            "instance_prompt",
+            "line 2 ('a photo of dog') lacks the trigger word 'sks'",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_training(sd15, case, input_name, message):
@@ -193,6 +218,10 @@ def test_bad_input_is_refused_before_training(sd15, case, input_name, message):
         kwargs.update(prior_loss_weight=1.0)
     elif case == "prompt_lines":
         kwargs["instance_prompt"] = "a photo of sks dog\na photo of sks dog sitting"
+    elif case == "no_trigger_word":
+        kwargs.update(instance_prompt="a photo of dog", trigger_word_prior=1.0)
+    elif case == "a_line_without_the_trigger_word":
+        kwargs.update(instance_prompt="a photo of sks dog\na photo of dog\nsks dog", trigger_word_prior=1.0)
     with pytest.raises(TrainingInputError) as caught:
         train(sd15, spec, images, classes, **kwargs)
     assert caught.value.input_name == input_name
@@ -252,6 +281,10 @@ def test_a_later_setting_at_its_default_leaves_the_run_key_as_it_was():
     assert run_defining_settings(TrainSettings(prior_loss_weight=0.0, prior_target="base_model")) == (
         run_defining_settings(no_prior)
     )
+    # The trigger word's prior (added later still) splits keys only when it is on.
+    trigger = run_defining_settings(TrainSettings(trigger_word_prior=10.0))
+    assert trigger["trigger_word_prior"] == 10.0
+    assert run_key({"settings": trigger}) != run_key({"settings": run_defining_settings(plain)})
 
 
 def test_class_images_take_one_prompt_or_one_per_image():

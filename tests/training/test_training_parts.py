@@ -16,7 +16,13 @@ from taptune.training.data import BatchSampler, Pool
 from taptune.training.errors import TrainingInputError
 from taptune.training.images import bucket_sizes, cover_and_crop, flatten_images, nearest_bucket, prepare_images
 from taptune.training.optimisation import build_optimizer, follow_schedule, phase_at
-from taptune.training.prompts import prompt_lines, prompts_for_images, trigger_and_class_words
+from taptune.training.prompts import (
+    prompt_lines,
+    prompts_for_images,
+    trigger_and_class_words,
+    trigger_word_pairs,
+    without_word,
+)
 from taptune.training.run_state import RunState, run_key
 from taptune.training.schedule import LearningRateSchedule
 from taptune.training.settings import TrainSettings, check_settings
@@ -132,6 +138,30 @@ def test_trigger_and_class_words(instance, klass, expected):
     assert trigger_and_class_words(instance, klass) == expected
 
 
+@pytest.mark.parametrize(
+    "prompt,expected",
+    [
+        ("a photo of sks dog", "a photo of dog"),
+        ("SKS dog, sks  on grass", "dog, on grass"),
+        ("a sksx dog and sks-dog", "a sksx dog and sks-dog"),  # whole words only, as the trigger word is found
+    ],
+)
+def test_the_trigger_word_comes_out_of_a_prompt_as_a_whole_word(prompt, expected):
+    assert without_word(prompt, "sks") == expected
+
+
+def test_the_trigger_word_prior_pairs_every_instance_prompt_or_names_the_line_without_it():
+    assert trigger_word_pairs(["a sks star", "a sks star on a red background"], "sks") == {
+        "a sks star": "a star",
+        "a sks star on a red background": "a star on a red background",
+    }
+    with pytest.raises(TrainingInputError, match="line 2") as raised:
+        trigger_word_pairs(["a sks star", "a star"], "sks")
+    assert raised.value.input_name == "instance_prompt"
+    with pytest.raises(TrainingInputError, match="needs a trigger word"):
+        trigger_word_pairs(["a star"], "")
+
+
 # -- batches ---------------------------------------------------------------------------------------
 
 
@@ -193,6 +223,8 @@ def test_a_sampler_resumes_the_same_sequence():
         ({"steps": True}, "steps"),
         ({"weight_decay": math.inf}, "weight_decay"),
         ({"prior_target": "teacher"}, "prior_target"),
+        ({"trigger_word_prior": -1.0}, "trigger_word_prior"),
+        ({"trigger_word_prior": math.nan}, "trigger_word_prior"),
     ],
 )
 def test_settings_name_the_input_at_fault(change, input_name):

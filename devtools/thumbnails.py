@@ -79,7 +79,7 @@ def saved_images(base: Path, prompt: dict[str, Any], outputs: dict[str, Any]) ->
 
 
 def main() -> None:
-    from devtools.comfy_host import import_pack, prepare_comfy
+    from devtools.comfy_host import init_nodes, prepare_comfy
     from devtools.demo_files import write_pocket_demo_files
     from tests.host.live_server import post_prompt, running_server, wait_for
 
@@ -92,7 +92,7 @@ def main() -> None:
         pack.parent.mkdir(parents=True, exist_ok=True)
         pack.symlink_to(ROOT, target_is_directory=True)
     prepare_comfy(base, cpu=True)  # the demo files are made in this process, as `make demo` makes them
-    import_pack()
+    init_nodes()  # the examples are built from the registered node definitions
     write_pocket_demo_files(base)
     with running_server(base) as (port, _process):
         for stem, prompt in example_prompts(POCKET).items():

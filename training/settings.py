@@ -33,8 +33,8 @@ class TrainSettings:
     #: What the class images' term compares with: ``class_images`` (DreamBooth's loss: the clean
     #: class image) or ``base_model`` (the base model's own prediction on the same noisy input).
     prior_target: str = "class_images"
-    #: Weight of the trigger word's own prior: the instance latents, noised as for the instance term,
-    #: with the trigger word taken out of their prompts, keep the base model's prediction (0: off).
+    #: Weight of the trigger word's own prior: the instance latents, noised afresh, with the trigger
+    #: word taken out of their prompts, keep the base model's prediction (0: off).
     trigger_word_prior: float = 0.0
     gradient_accumulation: int = 1
     lr_schedule: str = "constant"

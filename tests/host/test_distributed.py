@@ -69,6 +69,20 @@ def test_two_processes_train_the_adapter_of_one_process_and_their_checkpoint_res
     assert max_difference(load_file(resumed["adapter"]), by_one) < 1e-5 * largest
 
 
+def test_two_processes_train_with_the_trigger_word_prior_as_one_process_does(tmp_path, checkpoint):
+    """The trigger word's prior draws its own noise for the whole batch; each process takes its rows of it."""
+    settings = {**SGD, "trigger_word_prior": 10.0}
+    run = torchrun(write_job(tmp_path / "two", checkpoint, **settings), 2, "--result", str(tmp_path / "two.json"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    by_two = load_file(json.loads((tmp_path / "two.json").read_text())["adapter"])
+    one_row = run_job(write_job(tmp_path / "one", checkpoint, **settings))
+    by_one = load_file(one_row["adapter"])
+    without = load_file(run_job(write_job(tmp_path / "off", checkpoint, **SGD))["adapter"])
+    largest = max(float(t.abs().max()) for t in by_one.values())
+    assert max_difference(by_one, without) > 1e-3 * largest  # the term changes the run
+    assert max_difference(by_two, by_one) < 1e-5 * largest
+
+
 def test_a_killed_rank_stops_the_run_with_a_message_and_leaves_the_last_checkpoint(tmp_path, checkpoint):
     job = write_job(tmp_path / "killed", checkpoint, steps=6, checkpoint_every=1)
     run = torchrun(job, 2, env={KILL_AT_VARIABLE: "1:2"})  # rank 1 dies (SIGKILL) right after step 2

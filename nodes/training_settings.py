@@ -211,7 +211,7 @@ def settings_inputs() -> list[io.Input]:
             "images are denoised once more with the trigger word taken out of their prompts ('a photo of dog' for "
             "'a photo of sks dog'), toward the base model's own prediction: the class changes less, and the "
             "subject binds to the word, not to the pictures. About half again the time per step; every instance "
-            "prompt must hold the trigger word. On the pocket world 10 cut the class's change from 0.17 to 0.10.",
+            "prompt must hold the trigger word. On the pocket world 10 cut the tap adapter's class change from 0.17 to 0.09.",
         ),
     ]
 

@@ -1,7 +1,7 @@
 """Personalisation quality on the pocket world: every method, the same subjects, seeds and step budget.
 
     .venv/bin/python -m bench.quality [--steps 200] [--seeds 0] [--subjects A B C]
-                                      [--only REGEX] [--shard K/N] [--list] [--table] [--docs]
+                                      [--only REGEX] [--shard K/N] [--threads T] [--list] [--table] [--docs]
 
 Trains, on the shipped pocket model (``TapTunePocketModel``'s weights), each method on each
 subject with each seed, and evaluates it with the pocket judge (``pocket.metrics``):
@@ -532,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", default=None, help="run only methods whose name matches this regular expression")
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th job starting at K")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (two shards of one thread each beat one of two)"
+    )
     parser.add_argument("--list", action="store_true", help="print the jobs and whether each has a result")
     parser.add_argument("--table", action="store_true", help="only collect the results into the table")
     parser.add_argument(
@@ -552,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
         todo = [j for j in mine if not j.file(out).is_file()]
         print(f"{len(todo)} of {len(mine)} jobs to run ({len(jobs)} in all) -> {out}", flush=True)
         ctx = Context(args.steps) if todo else None

@@ -80,6 +80,41 @@ def test_the_trigger_word_prior_keeps_the_prompt_without_the_trigger_word(sd15):
     assert learnt[10.0] < 0.95 * before, (before, learnt)
 
 
+def test_both_base_model_terms_share_one_teacher_forward_with_each_terms_own_rows(sd15, monkeypatch):
+    """``prior_target: base_model`` and ``trigger_word_prior`` together: one teacher forward a step, over
+    the class rows, then the trigger rows, and the losses are those of a teacher computed one row at a time."""
+    from taptune.training.trainer import DreamBoothTrainer
+
+    batched = DreamBoothTrainer._base_prediction
+    calls: list[list[str]] = []
+
+    def counted(self, model, conds, x_t, sigma, prompts, options):
+        calls.append(list(prompts))
+        return batched(self, model, conds, x_t, sigma, prompts, options)
+
+    def row_by_row(self, model, conds, x_t, sigma, prompts, options):
+        rows = [
+            batched(self, model, conds, x_t[i : i + 1], sigma[i : i + 1], prompts[i : i + 1], options)
+            for i in range(len(prompts))
+        ]
+        return torch.cat(rows)
+
+    common = {
+        "steps": 3,
+        "batch_size": 2,
+        "class_prompt": "a photo of a dog",
+        "prior_loss_weight": 1.0,
+        "prior_target": "base_model",
+        "trigger_word_prior": 10.0,
+    }
+    monkeypatch.setattr(DreamBoothTrainer, "_base_prediction", counted)
+    one = train(sd15, tap_spec(16), INSTANCE, CLASSES, **common)
+    assert calls == [["a photo of a dog"] * 2 + ["a photo of dog"] * 2] * 3  # class rows, trigger rows; once a step
+    monkeypatch.setattr(DreamBoothTrainer, "_base_prediction", row_by_row)
+    reference = train(sd15, tap_spec(16), INSTANCE, CLASSES, **common)
+    assert one.losses == pytest.approx(reference.losses, rel=1e-4)
+
+
 def test_same_seed_same_weights_and_checkpointing_changes_nothing(sd15):
     first = train(sd15, tap_spec(16), INSTANCE, CLASSES, steps=3, prior_loss_weight=1.0)
     second = train(sd15, tap_spec(16), INSTANCE, CLASSES, steps=3, prior_loss_weight=1.0)

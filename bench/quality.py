@@ -1,7 +1,7 @@
 """Personalisation quality on the pocket world: every method, the same subjects, seeds and step budget.
 
     .venv/bin/python -m bench.quality [--steps 200] [--seeds 0] [--subjects A B C]
-                                      [--only REGEX] [--shard K/N] [--threads T] [--list] [--table] [--docs]
+                                      [--only REGEX] [--shard K/N] [--threads T] [--list] [--table] [--partial] [--docs]
 
 Trains, on the shipped pocket model (``TapTunePocketModel``'s weights), each method on each
 subject with each seed, and evaluates it with the pocket judge (``pocket.metrics``):
@@ -494,6 +494,15 @@ def table_markdown(summary: list[dict[str, Any]], tests: dict[str, Any], command
     return "\n".join(lines) + "\n"
 
 
+def partial_table(rows: list[dict[str, Any]]) -> str:
+    """The means (± standard error) of the jobs done so far, with their count: a sweep's progress, not its table."""
+    lines = ["| method | jobs | " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
+    for e in summarise(rows):
+        cells = [f"{e[k]:.3f}" + (f" ± {e[f'{k}_se']:.3f}" if e.get(f"{k}_se") is not None else "") for k, _ in COLUMNS]
+        lines.append(f"| {e['method']} | {e['jobs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def collect(out: Path, jobs: list[Job]) -> list[dict[str, Any]] | None:
     rows = []
     for job in jobs:
@@ -538,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the jobs and whether each has a result")
     parser.add_argument("--table", action="store_true", help="only collect the results into the table")
     parser.add_argument(
+        "--partial", action="store_true", help="with jobs missing, print the means of the jobs done (written nowhere)"
+    )
+    parser.add_argument(
         "--docs", "--readme", dest="docs", action="store_true", help="also write the table into docs/pocket_world.md"
     )
     args = parser.parse_args(argv)
@@ -571,7 +583,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     rows = collect(out, jobs)
     if rows is None:
-        print("not every job has a result yet: no table", flush=True)
+        if args.partial:
+            print(partial_table([json.loads(j.file(out).read_text()) for j in jobs if j.file(out).is_file()]))
+        else:
+            print("not every job has a result yet: no table (--partial prints the means so far)", flush=True)
         return 0
     command = "python -m bench.quality " + " ".join(
         [f"--steps {args.steps}", "--seeds " + " ".join(map(str, args.seeds)), "--subjects " + " ".join(args.subjects)]

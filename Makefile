@@ -50,8 +50,9 @@ lint: host
 bench: host  ## the benchmarks of bench/ (minutes; writes bench/results/)
 	@$(PY) -m bench.run_all
 
-quality: host  ## the pocket world's quality table (every method x 3 subjects; 27 min measured on 2 cores; resumes)
-	@$(PY) -m bench.quality --docs
+quality: host  ## the pocket world's quality table (every method x 4 subjects x 3 seeds, two shards; about 2 h on 2 cores; resumes)
+	@$(PY) -m bench.quality --shard 0/2 --threads 1 & $(PY) -m bench.quality --shard 1/2 --threads 1; wait
+	@$(PY) -m bench.quality --table --docs
 
 pocket-model: host  ## train the pocket model again from its seed (under 30 min on 2 cores; writes pocket/weights/)
 	@$(PY) -m devtools.train_pocket

@@ -1,6 +1,6 @@
 """Personalisation quality on the pocket world: every method, the same subjects, seeds and step budget.
 
-    .venv/bin/python -m bench.quality [--steps 200] [--seeds 0] [--subjects A B C]
+    .venv/bin/python -m bench.quality [--steps 400] [--seeds 0 1 2] [--subjects A B C D]
                                       [--only REGEX] [--shard K/N] [--threads T] [--list] [--table] [--partial] [--docs]
 
 Trains, on the shipped pocket model (``TapTunePocketModel``'s weights), each method on each
@@ -535,9 +535,11 @@ def write_table(out: Path, rows: list[dict[str, Any]], command: str, meta: dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--subjects", nargs="+", default=["striped_star", "checked_square", "dotted_circle"])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--subjects", nargs="+", default=["striped_star", "checked_square", "dotted_circle", "split_triangle"]
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", default=None, help="run only methods whose name matches this regular expression")
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th job starting at K")

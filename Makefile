@@ -51,7 +51,7 @@ bench: host  ## the benchmarks of bench/ (minutes; writes bench/results/)
 	@$(PY) -m bench.run_all
 
 quality: host  ## the pocket world's quality table (every method x 4 subjects x 3 seeds, two shards; about 2 h on 2 cores; resumes)
-	@$(PY) -m bench.quality --shard 0/2 --threads 1 & $(PY) -m bench.quality --shard 1/2 --threads 1; wait
+	@$(PY) -m bench.quality --shard 0/2 --threads 1 & first=$$!; $(PY) -m bench.quality --shard 1/2 --threads 1 && wait $$first
 	@$(PY) -m bench.quality --table --docs
 
 pocket-model: host  ## train the pocket model again from its seed (under 30 min on 2 cores; writes pocket/weights/)

@@ -462,14 +462,17 @@ def anova(rows: list[dict[str, Any]], measure: str) -> dict[str, dict[str, float
     return result
 
 
+def _mean_cells(entry: dict[str, Any]) -> list[str]:
+    """Each column's mean, with its standard error where the mean rests on more than one job."""
+    se = {key: entry.get(f"{key}_se") for key, _ in COLUMNS}
+    return [f"{entry[key]:.3f}" + (f" ± {se[key]:.3f}" if se[key] is not None else "") for key, _ in COLUMNS]
+
+
 def table_markdown(summary: list[dict[str, Any]], tests: dict[str, Any], command: str, meta: dict[str, Any]) -> str:
     head = "| method | " + " | ".join(title for _, title in COLUMNS) + " | trainable params | s/step |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     for e in summary:
-        cells = [
-            f"{e[key]:.3f}" + (f" ± {e[f'{key}_se']:.3f}" if e.get(f"{key}_se") is not None else "")
-            for key, _ in COLUMNS
-        ]
+        cells = _mean_cells(e)
         params = f"{e['trainable_parameters']:,}" if e["trainable_parameters"] else "0"
         sps = f"{e['seconds_per_step']:.3f}" if e["seconds_per_step"] else "-"
         lines.append(f"| {e['method']} | " + " | ".join(cells) + f" | {params} | {sps} |")
@@ -498,8 +501,7 @@ def partial_table(rows: list[dict[str, Any]]) -> str:
     """The means (± standard error) of the jobs done so far, with their count: a sweep's progress, not its table."""
     lines = ["| method | jobs | " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
     for e in summarise(rows):
-        cells = [f"{e[k]:.3f}" + (f" ± {e[f'{k}_se']:.3f}" if e.get(f"{k}_se") is not None else "") for k, _ in COLUMNS]
-        lines.append(f"| {e['method']} | {e['jobs']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {e['method']} | {e['jobs']} | " + " | ".join(_mean_cells(e)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -342,21 +342,19 @@ class DreamBoothTrainer:
             options = dict(model.model_options.get("transformer_options", {}))
             with self._autocast():
                 denoised = model.model.apply_model(x_t, sigma, transformer_options=options, **inputs)
-            error = prediction_error(sampling, sigma, x_t, denoised, latents)
             taught = [
                 n for n in spans if n == "trigger" or (n == "class" and self.settings.prior_target == "base_model")
             ]
+            target = latents
             if taught:
                 # Every row held to the base model's prediction in one teacher forward, not one per term.
                 index = torch.cat([torch.arange(x_t.shape[0], device=x_t.device)[spans[n]] for n in taught])
-                teacher = self._base_prediction(
+                target = latents.float().clone()
+                target[index] = self._base_prediction(
                     model, conds, x_t[index], sigma[index], [prompts[i] for i in index.tolist()], options
-                )
-                taught_error = prediction_error(sampling, sigma[index], x_t[index], denoised[index], teacher)
-                for n, rows in zip(taught, _spans([spans[n].stop - spans[n].start for n in taught]), strict=True):
-                    errors[n] = taught_error[rows]
-            for n, rows in spans.items():
-                errors.setdefault(n, error[rows])
+                ).float()
+            error = prediction_error(sampling, sigma, x_t, denoised, target)
+            errors.update({n: error[rows] for n, rows in spans.items()})
         s = self.settings
         loss = prior_preservation_loss(errors["instance"], errors.get("class"), s.prior_loss_weight)
         if "trigger" in errors:
